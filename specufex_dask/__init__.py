@@ -1,0 +1,7 @@
+"""SpecUFEx — unsupervised spectral feature extraction — distributed with Dask."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,240 @@
+"""Zarr stores: opening, validating and writing them chunk by chunk.
+
+Every store of the package (spectrograms, activations, fingerprints) is an
+xarray Dataset in Zarr, chunked only along ``window``. Stores are written in
+two phases so that no output is ever mistaken for a finished one:
+
+1. :func:`create_store` writes the metadata of every variable (no data), a
+   per-chunk completion array ``_chunk_done`` and the attribute
+   ``specufex_complete = 0``;
+2. each task writes its chunk-aligned region with :func:`write_region`,
+   which marks that chunk done only after its data is in place;
+3. :func:`finalize_store` sets ``specufex_complete = 1`` once every chunk
+   is done.
+
+A re-run of an interrupted job calls :func:`completed_chunks` and writes only
+the missing regions; two tasks never write the same chunk.
+
+Paths may be local paths or fsspec URLs (``s3://``, ``gs://``, ``memory://``
+…) with ``storage_options``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import fsspec
+import numpy as np
+import xarray as xr
+import zarr
+
+from specufex_dask import dims
+
+logger = logging.getLogger(__name__)
+
+COMPLETE_ATTR = "specufex_complete"
+KIND_ATTR = "specufex_kind"
+DONE_VAR = "_chunk_done"
+CHUNK_DIM = "_chunk"
+
+
+class StoreError(ValueError):
+    """A store is missing, incomplete, or does not follow the storage contract."""
+
+
+def _fs_and_path(path: str | os.PathLike, storage_options: Mapping | None):
+    fs, _, paths = fsspec.get_fs_token_paths(
+        os.fspath(path), storage_options=dict(storage_options or {})
+    )
+    return fs, paths[0]
+
+
+def store_exists(path: str | os.PathLike, storage_options: Mapping | None = None) -> bool:
+    """Whether anything exists at ``path`` (a file, a folder or a prefix)."""
+    fs, root = _fs_and_path(path, storage_options)
+    return fs.exists(root)
+
+
+def check_output_path(
+    path: str | os.PathLike,
+    *,
+    overwrite: bool,
+    storage_options: Mapping | None = None,
+    what: str = "output store",
+) -> None:
+    """Refuse to replace an existing output unless ``overwrite`` is set."""
+    if store_exists(path, storage_options) and not overwrite:
+        raise FileExistsError(
+            f"{what} {os.fspath(path)!r} already exists; choose another path or "
+            "pass overwrite=True (--overwrite on the command line) to replace it"
+        )
+
+
+def remove_path(path: str | os.PathLike, storage_options: Mapping | None = None) -> None:
+    """Delete an output store or file (used only for outputs, never for inputs)."""
+    fs, root = _fs_and_path(path, storage_options)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+def open_store(
+    path: str | os.PathLike, storage_options: Mapping | None = None
+) -> xr.Dataset:
+    """Open a Zarr store lazily (dask arrays, one chunk per stored chunk).
+
+    Raises
+    ------
+    FileNotFoundError
+        If nothing exists at ``path``.
+    StoreError
+        If ``path`` exists but is not a Zarr store.
+    """
+    if not store_exists(path, storage_options):
+        raise FileNotFoundError(
+            f"no store at {os.fspath(path)!r}; check the path (and storage_options "
+            "for object-store URLs)"
+        )
+    try:
+        return xr.open_zarr(
+            os.fspath(path),
+            storage_options=dict(storage_options) if storage_options else None,
+            consolidated=None,
+            chunks={},
+        )
+    except (ValueError, KeyError, OSError, zarr.errors.BaseZarrError) as exc:
+        raise StoreError(
+            f"{os.fspath(path)!r} is not a readable Zarr store ({exc}); give the "
+            "path of a store written by specufex-dask"
+        ) from exc
+
+
+def require_complete(ds: xr.Dataset, path: str | os.PathLike) -> None:
+    """Raise if a store written by this package was left unfinished."""
+    if int(ds.attrs.get(COMPLETE_ATTR, 1)) != 1:
+        raise StoreError(
+            f"store {os.fspath(path)!r} is incomplete (an earlier run was "
+            "interrupted); re-run the command that wrote it to finish the "
+            "missing chunks, or pass --overwrite to start it again"
+        )
+
+
+def create_store(
+    path: str | os.PathLike,
+    template: xr.Dataset,
+    *,
+    chunk_size: int,
+    kind: str,
+    storage_options: Mapping | None = None,
+) -> None:
+    """Write the metadata of ``template`` and an all-false completion array.
+
+    ``template`` holds every coordinate with values and every data variable
+    as a lazy (dask) array with the final shape and dtype; only the
+    coordinates are written now. Data variables are chunked
+    ``chunk_size`` windows at a time.
+    """
+    n_window = template.sizes[dims.WINDOW]
+    n_chunk = -(-n_window // chunk_size)
+
+    # template: data variables lazy so that nothing is computed here
+    ds = template.chunk({dims.WINDOW: chunk_size})
+    ds[DONE_VAR] = xr.DataArray(np.zeros(n_chunk, dtype=np.int8), dims=CHUNK_DIM)
+    ds[DONE_VAR] = ds[DONE_VAR].chunk({CHUNK_DIM: 1})
+    ds.attrs[COMPLETE_ATTR] = 0
+    ds.attrs[KIND_ATTR] = kind
+    encoding = {
+        name: {"chunks": _chunks_for(ds[name], chunk_size)}
+        for name in ds.data_vars
+        if name != DONE_VAR
+    }
+    encoding[DONE_VAR] = {"chunks": (1,)}
+    ds.to_zarr(
+        os.fspath(path),
+        mode="w",
+        compute=False,
+        encoding=encoding,
+        storage_options=dict(storage_options) if storage_options else None,
+        consolidated=True,
+        zarr_format=2,
+    )
+    # the completion array must hold real zeros, not the fill value only
+    _done_array(path, storage_options)[:] = 0
+
+
+def _chunks_for(var: xr.DataArray, chunk_size: int) -> tuple[int, ...]:
+    return tuple(
+        chunk_size if d == dims.WINDOW else var.sizes[d] for d in var.dims
+    )
+
+
+def _done_array(path: str | os.PathLike, storage_options: Mapping | None):
+    group = zarr.open_group(
+        os.fspath(path),
+        mode="r+",
+        storage_options=dict(storage_options) if storage_options else None,
+    )
+    return group[DONE_VAR]
+
+
+def completed_chunks(
+    path: str | os.PathLike, storage_options: Mapping | None = None
+) -> np.ndarray:
+    """Boolean array, one entry per chunk: whether that region is written."""
+    return np.asarray(_done_array(path, storage_options)[:]).astype(bool)
+
+
+def write_region(
+    path: str | os.PathLike,
+    block: xr.Dataset,
+    chunk_index: int,
+    chunk_size: int,
+    storage_options: Mapping | None = None,
+) -> int:
+    """Write one chunk-aligned block of data variables, then mark it done.
+
+    Returns the chunk index, so that a task graph can gather completions.
+    """
+    start = chunk_index * chunk_size
+    stop = start + block.sizes[dims.WINDOW]
+    data_only = block.drop_vars(
+        [c for c in block.coords if dims.WINDOW in block[c].dims or c in block.dims]
+    )
+    region = {
+        d: slice(start, stop) if d == dims.WINDOW else slice(None)
+        for d in data_only.dims
+    }
+    data_only.to_zarr(
+        os.fspath(path),
+        region=region,
+        storage_options=dict(storage_options) if storage_options else None,
+        consolidated=False,
+    )
+    # completion last: a region is only ever marked done after its data
+    _done_array(path, storage_options)[chunk_index] = 1
+    return chunk_index
+
+
+def finalize_store(
+    path: str | os.PathLike,
+    storage_options: Mapping | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> None:
+    """Mark a store complete once every chunk is written."""
+    done = completed_chunks(path, storage_options)
+    if not done.all():
+        missing = np.flatnonzero(~done)
+        raise StoreError(
+            f"store {os.fspath(path)!r} still misses chunks {missing[:10].tolist()}"
+            f"{' …' if missing.size > 10 else ''}; re-run to finish them"
+        )
+    group = zarr.open_group(
+        os.fspath(path),
+        mode="r+",
+        storage_options=dict(storage_options) if storage_options else None,
+    )
+    group.attrs.update(dict(attrs or {}))
+    group.attrs[COMPLETE_ATTR] = 1
+    zarr.consolidate_metadata(group.store)
