@@ -52,7 +52,9 @@ def _fs_and_path(path: str | os.PathLike, storage_options: Mapping | None):
     return fs, paths[0]
 
 
-def store_exists(path: str | os.PathLike, storage_options: Mapping | None = None) -> bool:
+def store_exists(
+    path: str | os.PathLike, storage_options: Mapping | None = None
+) -> bool:
     """Whether anything exists at ``path`` (a file, a folder or a prefix)."""
     fs, root = _fs_and_path(path, storage_options)
     return fs.exists(root)
@@ -73,7 +75,9 @@ def check_output_path(
         )
 
 
-def remove_path(path: str | os.PathLike, storage_options: Mapping | None = None) -> None:
+def remove_path(
+    path: str | os.PathLike, storage_options: Mapping | None = None
+) -> None:
     """Delete an output store or file (used only for outputs, never for inputs)."""
     fs, root = _fs_and_path(path, storage_options)
     if fs.exists(root):
@@ -165,9 +169,7 @@ def create_store(
 
 
 def _chunks_for(var: xr.DataArray, chunk_size: int) -> tuple[int, ...]:
-    return tuple(
-        chunk_size if d == dims.WINDOW else var.sizes[d] for d in var.dims
-    )
+    return tuple(chunk_size if d == dims.WINDOW else var.sizes[d] for d in var.dims)
 
 
 def _done_array(path: str | os.PathLike, storage_options: Mapping | None):

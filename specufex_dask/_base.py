@@ -1,0 +1,285 @@
+"""What both models share: parameter checks, the fit loop, checkpoints, history."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import fsspec
+import numpy as np
+import xarray as xr
+
+from specufex_dask import __version__, _model_io, _svi
+from specufex_dask._data import Source
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["corrected", "faithful"]
+MODES = ("corrected", "faithful")
+
+
+class NotFittedError(RuntimeError):
+    """The model was used before it was fitted or loaded."""
+
+
+class ConvergenceWarning(UserWarning):
+    """The step budget ended before the convergence criterion was met."""
+
+
+def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    """Return ``value`` as int if ``low <= value <= high``, else raise naming it."""
+    ok = isinstance(value, int | np.integer) and not isinstance(value, bool)
+    if not ok or value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"between {low} and {high}"
+        raise ValueError(f"{name} must be an integer {bound}; got {value!r}")
+    return int(value)
+
+
+def check_float(
+    name: str, value: Any, low: float, high: float | None = None, low_open: bool = False
+) -> float:
+    """Return ``value`` as float if within bounds, else raise naming it."""
+    ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool
+    )
+    bad = not ok or not np.isfinite(value)
+    if not bad:
+        bad = value <= low if low_open else value < low
+        bad = bad or (high is not None and value > high)
+    if bad:
+        op = ">" if low_open else ">="
+        bound = f"{op} {low}" if high is None else f"{op} {low} and <= {high}"
+        raise ValueError(f"{name} must be a finite number {bound}; got {value!r}")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, choices: tuple) -> Any:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices!r}; got {value!r}")
+    return value
+
+
+def resolve_seed(random_state: Any) -> int:
+    """An integer seed from ``random_state`` (None draws one from the OS)."""
+    if random_state is None:
+        return int(np.random.SeedSequence().generate_state(1)[0])
+    if isinstance(random_state, int | np.integer) and not isinstance(
+        random_state, bool
+    ):
+        if random_state < 0:
+            raise ValueError(f"random_state must be >= 0; got {random_state!r}")
+        return int(random_state)
+    raise ValueError(
+        f"random_state must be None or a non-negative integer; got {random_state!r}"
+    )
+
+
+def data_fingerprint(source: Source) -> str:
+    """A short hash of the data's shape and window ids, stored in checkpoints."""
+    h = hashlib.sha256()
+    h.update(repr(tuple(source.shape)).encode())
+    h.update(np.asarray(source.window).astype(str).tobytes())
+    return h.hexdigest()[:16]
+
+
+class Checkpointer:
+    """Checkpoints of a fit in a folder (or object-store prefix).
+
+    Each checkpoint is a complete model file ``step-XXXXXXXX.nc``; the small
+    file ``LATEST`` naming it is written only afterwards, so a checkpoint is
+    never seen half-written.
+    """
+
+    def __init__(self, location: str, storage_options: Mapping | None = None):
+        self.location = os.fspath(location).rstrip("/")
+        self.storage_options = dict(storage_options or {})
+        self.fs, _, (self.root,) = fsspec.get_fs_token_paths(
+            self.location, storage_options=self.storage_options
+        )
+
+    def _path(self, name: str) -> str:
+        return f"{self.location}/{name}"
+
+    def save(self, ds: xr.Dataset, step: int) -> str:
+        name = f"step-{step:08d}.nc"
+        self.fs.makedirs(self.root, exist_ok=True)
+        _model_io.write_model(
+            ds, self._path(name), overwrite=True, storage_options=self.storage_options
+        )
+        with self.fs.open(f"{self.root}/LATEST.tmp", "w") as f:
+            f.write(name)
+        self.fs.mv(f"{self.root}/LATEST.tmp", f"{self.root}/LATEST")
+        logger.info("checkpoint %s", self._path(name))
+        return self._path(name)
+
+    def latest(self) -> xr.Dataset | None:
+        pointer = f"{self.root}/LATEST"
+        if not self.fs.exists(pointer):
+            return None
+        with self.fs.open(pointer, "r") as f:
+            name = f.read().strip()
+        if not name.startswith("step-") or "/" in name or ".." in name:
+            raise ValueError(
+                f"checkpoint pointer {pointer!r} names {name!r}, not a checkpoint "
+                "file; remove the checkpoint folder to start afresh"
+            )
+        return _model_io.read_model(
+            self._path(name), storage_options=self.storage_options
+        )
+
+
+class SVIModel:
+    """Base of the two models: the fit loop, checkpoints and the history.
+
+    Subclasses provide ``_kernel`` (module-level local-step function),
+    ``_init_params(source)``, ``_shared()`` (what each task needs),
+    ``_update(stats, n_batch)`` (the global step), ``_faithful_fit(source)``,
+    ``_finish()`` (re-ordering after a fit) and ``_to_dataset`` /
+    ``_from_dataset``.
+    """
+
+    _what = "input"
+    _model_name = ""
+
+    def _check_fitted(self) -> None:
+        if not getattr(self, "is_fitted_", False):
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet; call fit(...) or "
+                f"{type(self).__name__}.load(path) first"
+            )
+
+    # -- the fit loop -------------------------------------------------------
+
+    def _run_steps(
+        self,
+        source: Source,
+        n_steps: int,
+        batch_size: int,
+        *,
+        client=None,
+        progress: Callable | None = None,
+        checkpoint: str | None = None,
+        checkpoint_every: int = 10,
+        storage_options: Mapping | None = None,
+        on_step: Callable | None = None,
+    ) -> None:
+        fingerprint = data_fingerprint(source)
+        saver = Checkpointer(checkpoint, storage_options) if checkpoint else None
+        if saver is not None:
+            state = saver.latest()
+            if state is not None:
+                if state.attrs.get("data_fingerprint") != fingerprint:
+                    raise ValueError(
+                        f"checkpoint in {checkpoint!r} was made on other data "
+                        f"(fingerprint {state.attrs.get('data_fingerprint')!r}, "
+                        f"these data {fingerprint!r}); use another checkpoint folder"
+                    )
+                self._from_dataset(state)
+                logger.info(
+                    "resumed from checkpoint at step %d of %d",
+                    self.n_steps_done_,
+                    n_steps,
+                )
+        logger.info(
+            "%s fit: %d windows, minibatch %d, %d steps, %s",
+            self._model_name,
+            source.n_window,
+            batch_size,
+            n_steps,
+            "distributed"
+            if client is not None and source.spec is not None
+            else "in-process",
+        )
+
+        while self.n_steps_done_ < n_steps:
+            t0 = time.perf_counter()
+            indices = _svi.draw_minibatch(
+                self.seed_, self.n_steps_done_, source.n_window, batch_size
+            )
+            stats = _svi.gather_statistics(
+                self._kernel,
+                source,
+                indices,
+                self._shared(),
+                client=client,
+                what=self._what,
+                stage=f"{self._model_name}-step",
+            )
+            record = self._update(_svi.minibatch_mean(stats), len(indices))
+            self.n_steps_done_ += 1
+            record.update(step=self.n_steps_done_, seconds=time.perf_counter() - t0)
+            if on_step is not None:
+                record.update(on_step(self) or {})
+            self.history_.append(record)
+            if progress is not None:
+                progress(self.n_steps_done_, n_steps, f"{self._model_name} fit")
+            if saver is not None and (
+                self.n_steps_done_ % checkpoint_every == 0
+                or self.n_steps_done_ == n_steps
+            ):
+                ds = self._to_dataset()
+                ds.attrs["data_fingerprint"] = fingerprint
+                saver.save(ds, self.n_steps_done_)
+
+    # -- persistence --------------------------------------------------------
+
+    def _common_attrs(self) -> dict:
+        return {
+            "model": self._model_name,
+            "specufex_dask_version": __version__,
+            "mode": self.mode,
+            "seed": int(self.seed_),
+            "n_steps_done": int(self.n_steps_done_),
+            "history": json.dumps(self.history_),
+        }
+
+    def _load_common(self, ds: xr.Dataset) -> None:
+        self.mode = ds.attrs.get("mode", "corrected")
+        self.seed_ = int(ds.attrs.get("seed", 0))
+        self.n_steps_done_ = int(ds.attrs.get("n_steps_done", 0))
+        self.history_ = json.loads(ds.attrs.get("history", "[]"))
+        self.is_fitted_ = True
+
+    def save(
+        self,
+        path: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        storage_options: Mapping | None = None,
+    ) -> None:
+        """Save the fitted model to a netCDF file (local path or fsspec URL).
+
+        Raises
+        ------
+        FileExistsError
+            If ``path`` exists and ``overwrite`` is False.
+        """
+        self._check_fitted()
+        _model_io.write_model(
+            self._to_dataset(),
+            path,
+            overwrite=overwrite,
+            storage_options=storage_options,
+        )
+        logger.info("saved %s to %s", self._model_name, os.fspath(path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, storage_options: Mapping | None = None):
+        """Load a model saved by :meth:`save` (or by the original package)."""
+        original = _model_io.original_h5_contents(path)
+        if original is not None:
+            return cls._from_original(original, os.fspath(path))
+        ds = _model_io.read_model(path, storage_options=storage_options)
+        if ds.attrs.get("model") != cls._model_name:
+            raise ValueError(
+                f"{os.fspath(path)!r} holds a {ds.attrs.get('model')!r} model, "
+                f"not a {cls._model_name!r}; load it with the matching class"
+            )
+        model = cls.__new__(cls)
+        model._from_dataset(ds)
+        return model

@@ -1,0 +1,259 @@
+"""Where the windows of a fit or transform come from, and their validation.
+
+A *source* hides whether the spectrograms (or activations) are a NumPy array
+in memory, an xarray DataArray, or a Zarr store that Dask workers read chunk
+by chunk. Estimators ask a source for the rows of a minibatch; in a
+distributed fit they ask it instead for a *read plan*: which chunk holds
+which rows, so that one task per chunk touched reads its rows from the
+store.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from specufex_dask import dims, store
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """Everything a worker needs to read rows of one variable of a store."""
+
+    path: str
+    variable: str
+    chunk_size: int
+    storage_options: tuple = ()
+
+    @property
+    def options(self) -> dict:
+        return dict(self.storage_options)
+
+
+@functools.lru_cache(maxsize=16)
+def _open_variable(spec: StoreSpec):
+    import zarr
+
+    group = zarr.open_group(spec.path, mode="r", storage_options=spec.options or None)
+    return group[spec.variable], group[dims.WINDOW]
+
+
+def read_rows(
+    spec: StoreSpec, chunk_index: int, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read the given rows (offsets within one chunk) of a stored variable.
+
+    Returns the values as float64 and the window ids of those rows.
+    """
+    array, window = _open_variable(spec)
+    start = chunk_index * spec.chunk_size
+    stop = min(start + spec.chunk_size, array.shape[0])
+    block = np.asarray(array[start:stop], dtype=np.float64)
+    ids = np.asarray(window[start:stop])
+    return block[rows], ids[rows]
+
+
+def check_values(values: np.ndarray, ids: Sequence, what: str) -> None:
+    """Raise a ValueError naming the first window with invalid values.
+
+    Values must be finite and non-negative, and no window may be all zero.
+    """
+    flat = values.reshape(values.shape[0], -1)
+    bad = ~np.isfinite(flat).all(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{what} of window {ids[i]!r} holds NaN or infinite values; "
+            "drop or repair that window (spectrograms with NaN come from dead "
+            "or gappy traces)"
+        )
+    negative = (flat < 0).any(axis=1)
+    if negative.any():
+        i = int(np.flatnonzero(negative)[0])
+        raise ValueError(
+            f"{what} of window {ids[i]!r} has negative values "
+            f"(min {flat[i].min()!r}); the model needs non-negative input such "
+            "as the median-normalised dB spectrograms of the recipe, clipped at 0"
+        )
+    zero = ~(flat > 0).any(axis=1)
+    if zero.any():
+        i = int(np.flatnonzero(zero)[0])
+        raise ValueError(
+            f"{what} of window {ids[i]!r} is all zero, so it carries no "
+            "spectral information; drop that window before fitting"
+        )
+
+
+@dataclass
+class Source:
+    """Windows of spectrograms or activations, in memory or in a store.
+
+    Attributes
+    ----------
+    values : ndarray or None
+        The whole array, when held in memory.
+    spec : StoreSpec or None
+        How workers read the rows, when backed by a Zarr store.
+    shape : tuple of int
+        ``(n_window, n_feature, n_time)``.
+    window : ndarray
+        Window ids (strings), or positions when the input had none.
+    coords : dict
+        Labelled coordinates to carry to outputs (``frequency``, ``time`` …).
+    attrs : dict
+        Attributes of the store or DataArray.
+    """
+
+    shape: tuple[int, int, int]
+    window: np.ndarray
+    values: np.ndarray | None = None
+    spec: StoreSpec | None = None
+    dataset: xr.Dataset | None = None
+    coords: dict = field(default_factory=dict)
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def n_window(self) -> int:
+        return self.shape[0]
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """Rows at sorted ``indices`` as float64, read here."""
+        if self.values is not None:
+            return np.asarray(self.values[indices], dtype=np.float64)
+        parts = [read_rows(self.spec, c, rows)[0] for c, rows in self.plan(indices)]
+        return np.concatenate(parts, axis=0)
+
+    def plan(self, indices: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Group sorted ``indices`` by chunk: ``[(chunk_index, offsets), …]``."""
+        size = self.spec.chunk_size if self.spec is not None else max(1, self.n_window)
+        chunk = indices // size
+        plan = []
+        for c in np.unique(chunk):
+            plan.append((int(c), indices[chunk == c] - c * size))
+        return plan
+
+
+def _expected_dims(variable: str) -> tuple[str, ...]:
+    if variable == dims.SPECTROGRAM:
+        return dims.SPECTROGRAM_DIMS
+    if variable == dims.ACTIVATION:
+        return dims.ACTIVATION_DIMS
+    raise ValueError(f"unknown variable {variable!r}")
+
+
+def as_source(
+    data: Any,
+    variable: str,
+    *,
+    storage_options: Mapping | None = None,
+    validate: bool = True,
+) -> Source:
+    """Turn user input into a :class:`Source`.
+
+    Parameters
+    ----------
+    data : ndarray, xarray.DataArray, xarray.Dataset, str or path
+        An array of shape ``(n_window, n_feature, n_time)``, a labelled array
+        with dims ``("window", <feature>, "time")``, a Dataset holding
+        ``variable``, or the path / URL of a Zarr store.
+    variable : {"spectrogram", "activation"}
+        What the source holds.
+    storage_options : mapping, optional
+        fsspec options for store URLs.
+    validate : bool
+        Check values of in-memory input now (stores are checked chunk by
+        chunk as they are read).
+    """
+    expected = _expected_dims(variable)
+    if isinstance(data, str | os.PathLike):
+        path = os.fspath(data)
+        ds = store.open_store(path, storage_options)
+        store.require_complete(ds, path)
+        if variable not in ds.data_vars:
+            raise store.StoreError(
+                f"store {path!r} has no {variable!r} variable (it holds "
+                f"{sorted(map(str, ds.data_vars))}); give a {variable} store "
+                f"written by specufex-dask"
+            )
+        da = ds[variable]
+        _check_dims(da, expected, f"variable {variable!r} of store {path!r}")
+        chunks = da.chunks[0] if da.chunks else (da.shape[0],)
+        spec = StoreSpec(
+            path=path,
+            variable=variable,
+            chunk_size=int(chunks[0]),
+            storage_options=tuple(sorted((storage_options or {}).items())),
+        )
+        source = Source(
+            shape=tuple(int(n) for n in da.shape),
+            window=np.asarray(ds[dims.WINDOW].values),
+            spec=spec,
+            dataset=ds,
+            coords={c: ds[c] for c in da.coords if c != dims.WINDOW},
+            attrs=dict(ds.attrs),
+        )
+        _check_not_empty(source, path)
+        return source
+
+    if isinstance(data, xr.Dataset):
+        if variable not in data.data_vars:
+            raise ValueError(
+                f"dataset has no {variable!r} variable (it holds "
+                f"{sorted(map(str, data.data_vars))})"
+            )
+        data = data[variable]
+
+    if isinstance(data, xr.DataArray):
+        _check_dims(data, expected, f"{variable} DataArray")
+        data = data.transpose(*expected)
+        window = (
+            np.asarray(data[dims.WINDOW].values)
+            if dims.WINDOW in data.coords
+            else np.arange(data.shape[0])
+        )
+        values = np.asarray(data.values, dtype=np.float64)
+        coords = {c: data[c] for c in data.coords if c != dims.WINDOW}
+        source = Source(
+            shape=values.shape,
+            window=window,
+            values=values,
+            coords=coords,
+            attrs=dict(data.attrs),
+        )
+    else:
+        values = np.asarray(data, dtype=np.float64)
+        if values.ndim != 3:
+            raise ValueError(
+                f"{variable}s must be a 3-D array of shape (n_window, "
+                f"{expected[1]}, time); got an array of shape {values.shape!r}"
+            )
+        source = Source(
+            shape=values.shape, window=np.arange(values.shape[0]), values=values
+        )
+
+    _check_not_empty(source, variable)
+    if validate:
+        check_values(source.values, source.window, variable)
+    return source
+
+
+def _check_dims(da: xr.DataArray, expected: tuple[str, ...], what: str) -> None:
+    if set(da.dims) != set(expected):
+        raise ValueError(
+            f"{what} has dims {tuple(da.dims)!r}; expected {expected!r} "
+            "(rename them with .rename(...) or .transpose(...))"
+        )
+
+
+def _check_not_empty(source: Source, what: str) -> None:
+    if min(source.shape) == 0:
+        raise ValueError(
+            f"{what} is empty (shape {source.shape!r}); give at least one window "
+            "with at least one frequency bin and one time frame"
+        )

@@ -1,0 +1,463 @@
+"""Bayesian HMM over NMF activations, fit by SVI, and its fingerprints."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+import xarray as xr
+
+from specufex_dask import dims
+from specufex_dask._base import (
+    MODES,
+    Mode,
+    SVIModel,
+    check_choice,
+    check_int,
+    resolve_seed,
+)
+from specufex_dask._data import Source, as_source, check_values
+from specufex_dask._svi import default_batch_size
+from specufex_dask.kernels import hmm as kernels
+
+logger = logging.getLogger(__name__)
+
+SORTS = ("energy", "distance", None)
+
+
+class HMMOutput(NamedTuple):
+    """What the HMM gives for each sequence.
+
+    fingerprint : ndarray of shape (n_window, n_states, n_states)
+    transition : ndarray of shape (n_window, n_states, n_states)
+        Dirichlet parameters of each transition row (expected transition
+        counts plus the prior), the original's ``As``.
+    state_probability : ndarray of shape (n_window, n_states, n_time)
+        Posterior probability of each state per frame (the original's
+        ``gams``).
+    """
+
+    fingerprint: np.ndarray
+    transition: np.ndarray
+    state_probability: np.ndarray
+
+
+def _fit_kernel(shared: tuple, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    gain, ElnB, EB, n_inner, faithful = shared
+    Y = gain[None, :, None] * V
+    gam, _, _ = kernels.local_step(Y, ElnB, EB, n_inner=n_inner, faithful=faithful)
+    return kernels.emission_statistics(Y, gam)
+
+
+def _transform_kernel(shared: tuple, V: np.ndarray) -> HMMOutput:
+    gain, ElnB, EB, n_inner, faithful = shared
+    Y = gain[None, :, None] * V
+    gam, adir, pdir = kernels.local_step(
+        Y, ElnB, EB, n_inner=n_inner, faithful=faithful
+    )
+    return HMMOutput(kernels.fingerprints(adir, pdir), adir, gam)
+
+
+class BayesianHMM(SVIModel):
+    """Bayesian hidden Markov model over activations, and state fingerprints.
+
+    Input per window: the NMF activations ``V`` (dims ``("pattern",
+    "time")``), scaled by the NMF ``gain``. Hidden states emit Poisson counts
+    with gamma-distributed rates ``B``, fit by SVI over minibatches of
+    sequences. The fingerprint of a sequence weighs each state transition by
+    the discounted time spent in its source state.
+
+    Parameters
+    ----------
+    n_states : int, default=15
+        Number of hidden states.
+    gain : array of shape (n_patterns,), optional
+        Per-pattern scale of the activations (``nmf.gain_``); taken from an
+        activation store when fitting one, else ones.
+    mode : {"corrected", "faithful"}, default="corrected"
+        ``"corrected"``: smoothed state posteriors, row-normalised
+        transitions and a step counter that advances once per minibatch.
+        ``"faithful"``: the original package's behaviour, defects included,
+        one sequence per step in the order given.
+    n_steps : int, default=100
+        SVI steps of :meth:`fit` in corrected mode.
+    batch_size : int, optional
+        Sequences per step; default about ``2 sqrt(n_window)``.
+    n_effective : int, optional
+        Data-set size the statistics are scaled to; default the number of
+        windows given to the first fit (the original used 100000).
+    n_inner : int, default=20
+        Inner iterations of the local step.
+    sort_states : {"energy", "distance", None}, default="energy"
+        Re-order states after each fit by their total emission rate, by
+        single-linkage clustering of their rates, or not at all.
+    random_state : int, optional
+        Seed of the initial rates and of the minibatch draws.
+
+    Attributes
+    ----------
+    B1_, B2_ : ndarray of shape (n_states, n_patterns)
+        Gamma shape and rate of the emission rates.
+    step_ : int
+        The SVI step counter (in faithful mode it advances as the original's).
+    n_steps_done_, seed_, history_
+        As for :class:`BayesianNonparametricNMF`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from specufex_dask import BayesianHMM
+    >>> V = np.random.default_rng(0).gamma(1.0, 1.0, size=(12, 3, 10))
+    >>> hmm = BayesianHMM(n_states=2, n_steps=3, random_state=0).fit(V)
+    >>> hmm.transform(V).fingerprint.shape
+    (12, 2, 2)
+    """
+
+    _what = "activation"
+    _model_name = "BayesianHMM"
+
+    def __init__(
+        self,
+        n_states: int = 15,
+        *,
+        gain: Any = None,
+        mode: Mode = "corrected",
+        n_steps: int = 100,
+        batch_size: int | None = None,
+        n_effective: int | None = None,
+        n_inner: int = 20,
+        sort_states: str | None = "energy",
+        random_state: int | None = None,
+    ):
+        self.n_states = n_states
+        self.gain = gain
+        self.mode = mode
+        self.n_steps = n_steps
+        self.batch_size = batch_size
+        self.n_effective = n_effective
+        self.n_inner = n_inner
+        self.sort_states = sort_states
+        self.random_state = random_state
+
+    def _validate_params(self) -> None:
+        check_int("n_states", self.n_states, 1)
+        check_choice("mode", self.mode, MODES)
+        check_int("n_steps", self.n_steps, 1)
+        if self.batch_size is not None:
+            check_int("batch_size", self.batch_size, 1)
+        if self.n_effective is not None:
+            check_int("n_effective", self.n_effective, 1)
+        check_int("n_inner", self.n_inner, 1)
+        check_choice("sort_states", self.sort_states, SORTS)
+
+    def _resolve_gain(self, source: Source) -> np.ndarray:
+        n_patterns = source.shape[1]
+        gain = self.gain
+        if gain is None and source.dataset is not None and "gain" in source.dataset:
+            gain = source.dataset["gain"].values
+        gain = np.ones(n_patterns) if gain is None else np.asarray(gain, dtype=float)
+        if (
+            gain.shape != (n_patterns,)
+            or not np.all(np.isfinite(gain))
+            or np.any(gain <= 0)
+        ):
+            raise ValueError(
+                f"gain must be {n_patterns} positive finite numbers, one per pattern "
+                f"of the activations; got shape {gain.shape!r}"
+            )
+        return gain
+
+    def _init_params(self, source: Source) -> None:
+        n_window, n_patterns, _ = source.shape
+        self.seed_ = resolve_seed(self.random_state)
+        self.n_effective_ = int(self.n_effective or n_window)
+        self.gain_ = self._resolve_gain(source)
+        rng = np.random.default_rng(self.seed_)
+
+        # initialise around a flat rate, scaled to the data-set size
+        self.B1_ = (
+            1000
+            * self.n_effective_
+            * rng.gamma(1.0, 1.0, size=(self.n_states, n_patterns))
+        )
+        self.B2_ = (
+            1000 * self.n_effective_ * 0.03 * np.ones((self.n_states, n_patterns))
+        )
+        self.step_ = 0
+        self.n_steps_done_ = 0
+        self.history_ = []
+        self.is_fitted_ = True
+        logger.info(
+            "HMM initialised: %d states, %d patterns, n_effective=%d, seed=%d",
+            self.n_states,
+            n_patterns,
+            self.n_effective_,
+            self.seed_,
+        )
+
+    def _check_compatible(self, source: Source) -> None:
+        n_patterns = self.B1_.shape[1]
+        if source.shape[1] != n_patterns:
+            raise ValueError(
+                f"the HMM was fit on activations of {n_patterns} patterns; these "
+                f"have {source.shape[1]!r}. Use the activations of the same NMF model"
+            )
+
+    @property
+    def emission_rates_(self) -> np.ndarray:
+        """``E[B]``, ndarray of shape (n_states, n_patterns)."""
+        return self.B1_ / self.B2_
+
+    def _shared(self) -> tuple:
+        ElnB = kernels.expected_log_rate(self.B1_, self.B2_)
+        return (
+            self.gain_,
+            ElnB,
+            self.emission_rates_,
+            self.n_inner,
+            self.mode == "faithful",
+        )
+
+    _kernel = staticmethod(_fit_kernel)
+
+    def _update(self, stats: tuple, n_batch: int) -> dict:
+        rate_stat, count_stat = stats
+        step = self.step_
+        if self.mode == "faithful":
+            scale = self.n_effective_ / kernels.n_anneal(step)
+        else:
+            scale = float(self.n_effective_)
+        self.B1_, self.B2_ = kernels.global_update(
+            self.B1_, self.B2_, rate_stat, count_stat, step=step, scale=scale
+        )
+        if self.mode != "faithful":
+            self.step_ += 1
+        return {"step_size": kernels.step_size(step), "batch_size": n_batch}
+
+    def _finish(self) -> None:
+        if self.sort_states == "energy":
+            order = np.argsort(self.emission_rates_.sum(axis=1))
+        elif self.sort_states == "distance":
+            from scipy.cluster.hierarchy import leaves_list, linkage
+            from scipy.spatial.distance import pdist
+
+            order = leaves_list(linkage(pdist(self.emission_rates_), method="single"))
+        else:
+            return
+        self.B1_, self.B2_ = self.B1_[order], self.B2_[order]
+
+    def _prepare(self, V: Any, storage_options: Mapping | None) -> Source:
+        self._validate_params()
+        source = as_source(V, dims.ACTIVATION, storage_options=storage_options)
+        if not getattr(self, "is_fitted_", False):
+            self._init_params(source)
+        else:
+            self._check_compatible(source)
+        return source
+
+    def fit(
+        self,
+        V: Any,
+        y: None = None,
+        *,
+        client=None,
+        progress: Callable | None = None,
+        checkpoint: str | None = None,
+        checkpoint_every: int = 10,
+        storage_options: Mapping | None = None,
+        on_step: Callable | None = None,
+    ) -> BayesianHMM:
+        """Fit the emission rates to activation sequences.
+
+        Parameters
+        ----------
+        V : ndarray, DataArray, Dataset, str or path
+            Activations of shape (n_window, n_patterns, n_time), a labelled
+            array with dims ``("window", "pattern", "time")``, or the path /
+            URL of an activation store.
+        client, progress, checkpoint, checkpoint_every, storage_options, on_step
+            As for :meth:`BayesianNonparametricNMF.fit`.
+
+        Returns
+        -------
+        self
+        """
+        check_int("checkpoint_every", checkpoint_every, 1)
+        source = self._prepare(V, storage_options)
+        if self.mode == "faithful":
+            self._faithful_steps(source, progress)
+        else:
+            batch_size = self.batch_size or default_batch_size(source.n_window)
+            logger.info(
+                "HMM minibatch size %d (of %d windows)", batch_size, source.n_window
+            )
+            self._run_steps(
+                source,
+                self.n_steps,
+                batch_size,
+                client=client,
+                progress=progress,
+                checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every,
+                storage_options=storage_options,
+                on_step=on_step,
+            )
+        self._finish()
+        return self
+
+    def _faithful_steps(self, source: Source, progress: Callable | None) -> None:
+        # the original advances its counter by the sequence's index in the call
+        for i in range(source.n_window):
+            self.step_ += i
+            stats = _fit_kernel(self._shared(), source.read(np.array([i])))
+            record = self._update(tuple(s[0] for s in stats), 1)
+            self.n_steps_done_ += 1
+            record["step"] = self.n_steps_done_
+            self.history_.append(record)
+            if progress is not None:
+                progress(i + 1, source.n_window, "HMM fit")
+
+    def partial_fit(
+        self, V: Any, y: None = None, *, storage_options: Mapping | None = None
+    ) -> BayesianHMM:
+        """One SVI step with all of ``V`` as the minibatch (faithful: the
+        original's ``fit`` on ``V``)."""
+        source = self._prepare(V, storage_options)
+        if self.mode == "faithful":
+            self._faithful_steps(source, None)
+        else:
+            stats = _fit_kernel(self._shared(), source.read(np.arange(source.n_window)))
+            record = self._update(tuple(s.mean(axis=0) for s in stats), source.n_window)
+            self.n_steps_done_ += 1
+            record["step"] = self.n_steps_done_
+            self.history_.append(record)
+        self._finish()
+        return self
+
+    def transform(
+        self, V: Any, *, storage_options: Mapping | None = None, batch_size: int = 256
+    ) -> HMMOutput | xr.Dataset:
+        """Fingerprints, transition counts and state probabilities.
+
+        Returns
+        -------
+        HMMOutput of ndarrays for array input, or an xarray Dataset with
+        ``fingerprint``, ``transition`` (dims ``("window", "state",
+        "next_state")``) and ``state_probability`` (dims ``("window",
+        "state", "time")``) for labelled input.
+        """
+        self._check_fitted()
+        source = as_source(V, dims.ACTIVATION, storage_options=storage_options)
+        self._check_compatible(source)
+        shared = self._shared()
+        parts = []
+        for start in range(0, source.n_window, batch_size):
+            idx = np.arange(start, min(start + batch_size, source.n_window))
+            values = source.read(idx)
+            if source.values is None:
+                check_values(values, source.window[idx], self._what)
+            parts.append(_transform_kernel(shared, values))
+        out = HMMOutput(*(np.concatenate(p, axis=0) for p in zip(*parts, strict=True)))
+        if isinstance(V, np.ndarray):
+            return out
+        return self.label_output(out, source.window, source.coords.get(dims.TIME))
+
+    def label_output(self, out: HMMOutput, window: np.ndarray, time=None) -> xr.Dataset:
+        """Wrap an :class:`HMMOutput` in a Dataset with named dims."""
+        states = np.arange(self.n_states)
+        coords = {dims.WINDOW: window, dims.STATE: states, dims.NEXT_STATE: states}
+        if time is not None:
+            coords[dims.TIME] = np.asarray(time)
+        return xr.Dataset(
+            {
+                dims.FINGERPRINT: (dims.TRANSITION_DIMS, out.fingerprint),
+                dims.TRANSITION: (dims.TRANSITION_DIMS, out.transition),
+                dims.STATE_PROBABILITY: (
+                    dims.STATE_SEQUENCE_DIMS,
+                    out.state_probability,
+                ),
+            },
+            coords=coords,
+        )
+
+    def fit_transform(
+        self, V: Any, y: None = None, **fit_kwargs
+    ) -> HMMOutput | xr.Dataset:
+        """Fit, then transform ``V``."""
+        return self.fit(V, **fit_kwargs).transform(
+            V, storage_options=fit_kwargs.get("storage_options")
+        )
+
+    # -- persistence --------------------------------------------------------
+
+    def _to_dataset(self) -> xr.Dataset:
+        self._check_fitted()
+        rate_dims = (dims.STATE, dims.PATTERN)
+        ds = xr.Dataset(
+            {
+                "B1": (rate_dims, self.B1_),
+                "B2": (rate_dims, self.B2_),
+                "gain": (dims.PATTERN, self.gain_),
+            },
+            coords={
+                dims.STATE: np.arange(self.n_states),
+                dims.PATTERN: np.arange(self.B1_.shape[1]),
+            },
+        )
+        ds.attrs.update(self._common_attrs())
+        ds.attrs.update(
+            n_states=int(self.n_states),
+            n_steps=int(self.n_steps),
+            batch_size=-1 if self.batch_size is None else int(self.batch_size),
+            n_effective=int(self.n_effective_),
+            n_inner=int(self.n_inner),
+            sort_states=str(self.sort_states),
+            step=int(self.step_),
+        )
+        return ds
+
+    def _from_dataset(self, ds: xr.Dataset) -> None:
+        a = ds.attrs
+        self.n_states = int(a.get("n_states", ds.sizes[dims.STATE]))
+        self.n_steps = int(a.get("n_steps", 100))
+        self.batch_size = (
+            None if int(a.get("batch_size", -1)) < 0 else int(a["batch_size"])
+        )
+        self.n_effective = self.n_effective_ = int(a["n_effective"])
+        self.n_inner = int(a.get("n_inner", 20))
+        sort = a.get("sort_states", "energy")
+        self.sort_states = None if sort == "None" else sort
+        self.random_state = int(a.get("seed", 0))
+        self.B1_ = np.asarray(
+            ds["B1"].transpose(dims.STATE, dims.PATTERN).values, float
+        )
+        self.B2_ = np.asarray(
+            ds["B2"].transpose(dims.STATE, dims.PATTERN).values, float
+        )
+        self.gain_ = np.asarray(ds["gain"].values, float)
+        self.gain = self.gain_
+        self.step_ = int(a.get("step", 0))
+        self._load_common(ds)
+
+    @classmethod
+    def _from_original(cls, h5: dict, path: str) -> BayesianHMM:
+        """A model from the HDF5 file the original package's ``save`` writes."""
+        n_states = int(np.ravel(h5["num_state"])[0])
+        model = cls(
+            n_states=n_states,
+            mode="faithful",
+            n_inner=int(np.ravel(h5.get("_max_inner_ite", [20]))[0]),
+        )
+        model.B1_ = np.asarray(h5["B1"], float)
+        model.B2_ = np.asarray(h5["B2"], float)
+        model.gain = model.gain_ = np.ravel(h5["gain"]).astype(float)
+        model.n_effective = model.n_effective_ = int(np.ravel(h5["Neff"])[0])
+        model.step_ = int(np.ravel(h5.get("step", [0]))[0])
+        model.seed_ = 0
+        model.n_steps_done_ = 0
+        model.history_ = []
+        model.is_fitted_ = True
+        logger.info("imported original HMM model %s (%d states)", path, n_states)
+        return model

@@ -1,0 +1,176 @@
+"""Where the work runs: an in-process loop, an embedded LocalCluster, or a
+Dask cluster joined by address.
+
+Every stage of the package expresses its work as independent tasks (one per
+chunk of windows) and hands them to :func:`run_tasks`, which runs them on a
+``distributed.Client`` when one is given and in the calling process
+otherwise. Results always come back in task order, so a reduction over them
+does not depend on which worker finished first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+
+class Progress(Protocol):
+    """Progress callback: ``progress(n_done, n_total, stage)``."""
+
+    def __call__(self, n_done: int, n_total: int, stage: str) -> None: ...
+
+
+def pin_blas_threads(n_threads: int = 1) -> None:
+    """Limit BLAS/OpenMP threads in this process so workers do not oversubscribe."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(n_threads)
+
+
+def _pin_worker_threads() -> None:
+    pin_blas_threads(1)
+
+
+def get_client(
+    scheduler: str | None = None,
+    *,
+    n_workers: int | None = None,
+    threads_per_worker: int = 1,
+    processes: bool = True,
+    memory_limit: str | float | None = "auto",
+    dashboard_address: str = "127.0.0.1:8787",
+):
+    """Connect to a Dask scheduler, or start a LocalCluster when none is given.
+
+    Parameters
+    ----------
+    scheduler : str, optional
+        Address of a running scheduler (``tcp://host:8786``) or the path of a
+        scheduler file. ``None`` starts a LocalCluster on this machine that
+        listens on 127.0.0.1 only.
+    n_workers : int, optional
+        Workers of the LocalCluster; default one per core.
+    threads_per_worker : int, default=1
+        Threads per LocalCluster worker. BLAS inside each worker is pinned to
+        one thread, so workers × threads should not exceed the cores.
+    processes : bool, default=True
+        Worker processes (True) or threads of this process (False).
+    memory_limit, dashboard_address
+        Passed to ``distributed.LocalCluster``.
+
+    Returns
+    -------
+    distributed.Client
+        The dashboard link is logged at INFO level.
+    """
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        if os.path.exists(scheduler):
+            client = Client(scheduler_file=scheduler)
+        else:
+            client = Client(scheduler)
+        logger.info("joined scheduler %s", client.scheduler.address)
+    else:
+        n_workers = n_workers or max(1, (os.cpu_count() or 1) // threads_per_worker)
+        cluster = LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=processes,
+            host="127.0.0.1",
+            dashboard_address=dashboard_address,
+            memory_limit=memory_limit,
+        )
+        client = Client(cluster)
+        logger.info(
+            "started LocalCluster: %d workers x %d threads",
+            n_workers,
+            threads_per_worker,
+        )
+    client.run(_pin_worker_threads)
+    logger.info("Dask dashboard: %s", client.dashboard_link)
+    return client
+
+
+def run_tasks(
+    func: Callable[..., Any],
+    arguments: Sequence[tuple],
+    *,
+    client=None,
+    progress: Progress | None = None,
+    stage: str = "",
+    key: str | None = None,
+    shared: Iterable[Any] = (),
+) -> list[Any]:
+    """Run ``func(*shared, *args)`` for each ``args`` in ``arguments``.
+
+    Parameters
+    ----------
+    func : callable
+        A module-level function (so that it pickles by reference).
+    arguments : sequence of tuple
+        One tuple of positional arguments per task.
+    client : distributed.Client, optional
+        Run on this cluster; ``None`` runs the tasks here, one after another.
+    progress : callable, optional
+        Called as ``progress(n_done, n_total, stage)`` after each task.
+    stage : str
+        Name of the stage, for progress and task keys.
+    key : str, optional
+        Prefix of the task keys shown on the dashboard (default: ``stage``).
+    shared : iterable
+        Leading arguments common to every task (model parameters, say). With
+        a client they are sent to the cluster once, as one future that every
+        task depends on, so a worker lost mid-stage can recompute them.
+
+    Returns
+    -------
+    list
+        The tasks' results, in the order of ``arguments``.
+    """
+    shared = list(shared)
+    n_total = len(arguments)
+    if client is None:
+        results = []
+        for i, args in enumerate(arguments):
+            results.append(func(*shared, *args))
+            if progress is not None:
+                progress(i + 1, n_total, stage)
+        return results
+
+    import dask
+    from distributed import as_completed
+
+    prefix = (key or stage or func.__name__).replace(" ", "-")
+    token = dask.base.tokenize(func, shared, arguments)
+    shared_futures = [
+        client.submit(_identity, value, key=f"{prefix}-shared-{i}-{token}", pure=False)
+        for i, value in enumerate(shared)
+    ]
+    futures = [
+        client.submit(
+            func,
+            *shared_futures,
+            *args,
+            key=f"{prefix}-{i}-{token}",
+            pure=False,
+            retries=2,
+        )
+        for i, args in enumerate(arguments)
+    ]
+    try:
+        for n_done, _ in enumerate(as_completed(futures), start=1):
+            if progress is not None:
+                progress(n_done, n_total, stage)
+        return client.gather(futures)
+    finally:
+        for future in futures + shared_futures:
+            future.release()
+
+
+def _identity(value: Any) -> Any:
+    return value
