@@ -143,8 +143,14 @@ def create_store(
     n_window = template.sizes[dims.WINDOW]
     n_chunk = -(-n_window // chunk_size)
 
-    # template: data variables lazy so that nothing is computed here
-    ds = template.chunk({dims.WINDOW: chunk_size})
+    # variables along ``window`` stay lazy so that nothing is computed here;
+    # small variables without it (a gain per pattern, say) are written now
+    ds = template.copy()
+    for name, var in template.data_vars.items():
+        if dims.WINDOW in var.dims:
+            ds[name] = var.chunk({dims.WINDOW: chunk_size})
+        else:
+            ds[name] = var.load()
     ds[DONE_VAR] = xr.DataArray(np.zeros(n_chunk, dtype=np.int8), dims=CHUNK_DIM)
     ds[DONE_VAR] = ds[DONE_VAR].chunk({CHUNK_DIM: 1})
     ds.attrs[COMPLETE_ATTR] = 0
