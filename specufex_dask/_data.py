@@ -59,11 +59,17 @@ def read_rows(
     return block[rows], ids[rows]
 
 
+def _plain(value: Any) -> Any:
+    """A NumPy scalar as the Python scalar it holds (for readable messages)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def check_values(values: np.ndarray, ids: Sequence, what: str) -> None:
     """Raise a ValueError naming the first window with invalid values.
 
     Values must be finite and non-negative, and no window may be all zero.
     """
+    ids = [_plain(i) for i in ids]
     flat = values.reshape(values.shape[0], -1)
     bad = ~np.isfinite(flat).all(axis=1)
     if bad.any():
@@ -78,7 +84,7 @@ def check_values(values: np.ndarray, ids: Sequence, what: str) -> None:
         i = int(np.flatnonzero(negative)[0])
         raise ValueError(
             f"{what} of window {ids[i]!r} has negative values "
-            f"(min {flat[i].min()!r}); the model needs non-negative input such "
+            f"(min {float(flat[i].min())!r}); the model needs non-negative input such "
             "as the median-normalised dB spectrograms of the recipe, clipped at 0"
         )
     zero = ~(flat > 0).any(axis=1)

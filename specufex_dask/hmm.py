@@ -246,7 +246,8 @@ class BayesianHMM(SVIModel):
             order = leaves_list(linkage(pdist(self.emission_rates_), method="single"))
         else:
             return
-        self.B1_, self.B2_ = self.B1_[order], self.B2_[order]
+        self.B1_ = np.ascontiguousarray(self.B1_[order])
+        self.B2_ = np.ascontiguousarray(self.B2_[order])
 
     def _prepare(self, V: Any, storage_options: Mapping | None) -> Source:
         self._validate_params()

@@ -235,12 +235,7 @@ class BayesianNonparametricNMF(SVIModel):
                 "every pattern was pruned; the spectrograms may be nearly constant "
                 f"or prune_threshold={self.prune_threshold!r} is too high"
             )
-        self.W1_, self.W2_, self.A1_, self.A2_ = (
-            W1[:, keep],
-            W2[:, keep],
-            A1[keep],
-            A2[keep],
-        )
+        self._set_params(W1[:, keep], W2[:, keep], A1[keep], A2[keep])
         return {
             "temperature": T,
             "step_size": rho,
@@ -248,11 +243,18 @@ class BayesianNonparametricNMF(SVIModel):
             "batch_size": n_batch,
         }
 
+    def _set_params(self, W1, W2, A1, A2) -> None:
+        # C order always: reductions then round the same way after any re-order
+        self.W1_, self.W2_, self.A1_, self.A2_ = (
+            np.ascontiguousarray(p, dtype=np.float64) for p in (W1, W2, A1, A2)
+        )
+
     def _finish(self) -> None:
         if self.sort_patterns:
             order = np.argsort(np.argmax(self.patterns_, axis=0))
-            self.W1_, self.W2_ = self.W1_[:, order], self.W2_[:, order]
-            self.A1_, self.A2_ = self.A1_[order], self.A2_[order]
+            self._set_params(
+                self.W1_[:, order], self.W2_[:, order], self.A1_[order], self.A2_[order]
+            )
 
     # -- public API ---------------------------------------------------------
 

@@ -122,7 +122,7 @@ def fit_local_step(
     n_window, _, n_time = X.shape
     n_patterns = ElnWA.shape[1]
     L = (ElnWA - ElnWA.max(axis=1, keepdims=True)).T
-    EWt = np.exp(L / T)
+    EWt = np.ascontiguousarray(np.exp(L / T))
     V2 = V2 / T
     log_V2 = np.log(V2)[None, :, None]
 
@@ -160,7 +160,7 @@ def transform_block(
     X = np.asarray(X, dtype=np.float64)
     n_window, _, n_time = X.shape
     n_patterns = ElnWA.shape[1]
-    EWt = np.exp((ElnWA - ElnWA.max(axis=1, keepdims=True)).T)
+    EWt = np.ascontiguousarray(np.exp((ElnWA - ElnWA.max(axis=1, keepdims=True)).T))
     log_V2 = np.log(V2)[None, :, None]
 
     V1 = np.ones((n_window, n_patterns, n_time))

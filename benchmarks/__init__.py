@@ -1,0 +1,1 @@
+"""Benchmarks and the literal reference implementation they are measured against."""

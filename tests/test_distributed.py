@@ -1,0 +1,213 @@
+"""The distributed path equals the in-process path, for any chunking and any
+number of workers, and transforms write the store contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from specufex_dask import BayesianHMM, BayesianNonparametricNMF, dims, pipeline, store
+
+
+def write_spectrogram_store(path, X, chunk):
+    n = len(X)
+    ds = xr.Dataset(
+        {dims.SPECTROGRAM: (dims.SPECTROGRAM_DIMS, X.astype("float32"))},
+        coords={
+            dims.WINDOW: [f"XX.STA{i % 3}..HHZ.{i:04d}" for i in range(n)],
+            dims.FREQUENCY: np.linspace(1.0, 30.0, X.shape[1]),
+            dims.TIME: np.arange(X.shape[2]) * 0.5,
+            "station": (dims.WINDOW, [f"STA{i % 3}" for i in range(n)]),
+            "magnitude": (dims.WINDOW, np.linspace(0.5, 2.0, n)),
+        },
+    )
+    ds.chunk({dims.WINDOW: chunk}).to_zarr(path, zarr_format=2)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def X(golden):
+    # whole numbers, so float32 storage is exact and all paths see the same data
+    return golden["X"]
+
+
+@pytest.fixture(scope="module")
+def stores(X, tmp_path_factory):
+    root = tmp_path_factory.mktemp("stores")
+    return {
+        c: write_spectrogram_store(root / f"spec{c}.zarr", X, c) for c in (7, 13, 40)
+    }
+
+
+@pytest.fixture(scope="module")
+def cluster_clients():
+    distributed = pytest.importorskip("distributed")
+    clusters = {
+        n: distributed.LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=":0",
+        )
+        for n in (1, 2)
+    }
+    clients = {n: distributed.Client(c) for n, c in clusters.items()}
+    yield clients
+    for n in clients:
+        clients[n].close()
+        clusters[n].close()
+
+
+NMF = dict(n_patterns=8, n_steps=12, batch_size=9, random_state=7)
+HMM = dict(n_states=4, n_steps=10, batch_size=9, random_state=7)
+
+
+def test_store_fit_in_process_equals_array_fit(X, stores) -> None:
+    from_array = BayesianNonparametricNMF(**NMF).fit(X)
+    for path in stores.values():
+        from_store = BayesianNonparametricNMF(**NMF).fit(path)
+        np.testing.assert_array_equal(from_store.W1_, from_array.W1_)
+        np.testing.assert_array_equal(from_store.A2_, from_array.A2_)
+    np.testing.assert_array_equal(from_store.frequency_, np.linspace(1.0, 30.0, 30))
+
+
+@pytest.mark.cluster
+def test_nmf_fit_is_identical_for_any_workers_and_chunking(
+    X, stores, cluster_clients
+) -> None:
+    reference = BayesianNonparametricNMF(**NMF).fit(X)
+    for n_workers, client in cluster_clients.items():
+        for chunk, path in stores.items():
+            model = BayesianNonparametricNMF(**NMF).fit(path, client=client)
+            np.testing.assert_array_equal(
+                model.W1_, reference.W1_, err_msg=f"{n_workers} workers, chunk {chunk}"
+            )
+            np.testing.assert_array_equal(model.A1_, reference.A1_)
+
+
+@pytest.mark.cluster
+def test_whole_chain_distributed_equals_in_process(
+    X, stores, cluster_clients, tmp_path
+) -> None:
+    client = cluster_clients[2]
+    spec = stores[7]
+    outputs = {}
+    for label, cl in (("local", None), ("dask", client)):
+        nmf = pipeline.fit_nmf(spec, client=cl, **NMF)
+        act = pipeline.transform_nmf(
+            nmf, spec, str(tmp_path / f"act-{label}.zarr"), client=cl
+        )
+        hmm = pipeline.fit_hmm(act, client=cl, **HMM)
+        fp = pipeline.transform_hmm(
+            hmm, act, str(tmp_path / f"fp-{label}.zarr"), client=cl
+        )
+        outputs[label] = (store.open_store(act), store.open_store(fp), hmm)
+    (act_a, fp_a, hmm_a), (act_b, fp_b, hmm_b) = outputs["local"], outputs["dask"]
+    np.testing.assert_array_equal(hmm_a.B1_, hmm_b.B1_)
+    for name in (dims.FINGERPRINT, dims.TRANSITION, dims.STATE_PROBABILITY):
+        np.testing.assert_array_equal(fp_a[name].values, fp_b[name].values)
+    np.testing.assert_array_equal(
+        act_a[dims.ACTIVATION].values, act_b[dims.ACTIVATION].values
+    )
+
+    # the stores follow the contract: chunked like the input, coords carried
+    assert act_a[dims.ACTIVATION].dims == dims.ACTIVATION_DIMS
+    assert fp_a[dims.FINGERPRINT].dims == dims.TRANSITION_DIMS
+    assert fp_a[dims.STATE_PROBABILITY].dims == dims.STATE_SEQUENCE_DIMS
+    assert act_a[dims.ACTIVATION].chunks[0] == (7, 7, 7, 7, 7, 5)
+    assert list(fp_a["station"].values) == [f"STA{i % 3}" for i in range(40)]
+    np.testing.assert_array_equal(fp_a[dims.WINDOW].values, act_a[dims.WINDOW].values)
+    assert fp_a.attrs[store.COMPLETE_ATTR] == 1
+    np.testing.assert_allclose(
+        fp_a[dims.STATE_PROBABILITY].sum(dims.STATE), 1.0, rtol=1e-12
+    )
+
+
+def test_store_activations_equal_array_activations(X, stores, tmp_path) -> None:
+    nmf = BayesianNonparametricNMF(**NMF).fit(X)
+    out = pipeline.transform_nmf(
+        nmf, stores[13], str(tmp_path / "act.zarr"), dtype="float64"
+    )
+    act = store.open_store(out)
+    np.testing.assert_array_equal(act[dims.ACTIVATION].values, nmf.transform(X))
+    np.testing.assert_allclose(act["gain"].values, nmf.gain_)
+    hmm = BayesianHMM(**HMM).fit(out)
+    # the gain comes from the activation store
+    np.testing.assert_allclose(hmm.gain_, nmf.gain_)
+    expected = BayesianHMM(**HMM, gain=nmf.gain_).fit(nmf.transform(X))
+    np.testing.assert_array_equal(hmm.B1_, expected.B1_)
+
+
+def test_interrupted_transform_resumes_only_missing_chunks(
+    X, stores, tmp_path, monkeypatch
+) -> None:
+    nmf = BayesianNonparametricNMF(**NMF).fit(X)
+    spec = stores[7]
+    reference = store.open_store(
+        pipeline.transform_nmf(nmf, spec, str(tmp_path / "ref.zarr"))
+    )
+
+    # a run that stopped after some chunks: flags of chunks 2 and 4 never set,
+    # their data never written, the store not finalised
+    out = str(tmp_path / "act.zarr")
+    pipeline.transform_nmf(nmf, spec, out)
+    group = zarr.open_group(out, mode="r+")
+    group[store.DONE_VAR][2] = 0
+    group[store.DONE_VAR][4] = 0
+    group[dims.ACTIVATION][14:21] = 0.0
+    group[dims.ACTIVATION][28:35] = 0.0
+    group.attrs[store.COMPLETE_ATTR] = 0
+    zarr.consolidate_metadata(group.store)
+    with pytest.raises(store.StoreError, match=r"is incomplete .* re-run the command"):
+        BayesianHMM(**HMM).fit(out)
+
+    written = []
+    original = store.write_region
+
+    def counting(path, block, chunk_index, chunk_size, storage_options=None):
+        written.append(chunk_index)
+        return original(path, block, chunk_index, chunk_size, storage_options)
+
+    monkeypatch.setattr(store, "write_region", counting)
+    pipeline.transform_nmf(nmf, spec, out)
+    assert written == [2, 4]
+    resumed = store.open_store(out)
+    np.testing.assert_array_equal(
+        resumed[dims.ACTIVATION].values, reference[dims.ACTIVATION].values
+    )
+    assert resumed.attrs[store.COMPLETE_ATTR] == 1
+
+
+def test_transform_refuses_an_existing_output_unless_overwrite(
+    X, stores, tmp_path
+) -> None:
+    nmf = BayesianNonparametricNMF(**NMF).fit(X)
+    out = str(tmp_path / "act.zarr")
+    pipeline.transform_nmf(nmf, stores[40], out)
+    with pytest.raises(FileExistsError, match=r"act.zarr' already exists.*--overwrite"):
+        pipeline.transform_nmf(nmf, stores[40], out)
+    pipeline.transform_nmf(nmf, stores[13], out, overwrite=True)
+    assert store.open_store(out)[dims.ACTIVATION].chunks[0][0] == 13
+
+
+def test_not_a_spectrogram_store_is_named(tmp_path) -> None:
+    xr.Dataset({"x": ("a", np.ones(3))}).to_zarr(tmp_path / "other.zarr", zarr_format=2)
+    with pytest.raises(
+        store.StoreError, match=r"has no 'spectrogram' variable .* \['x'\]"
+    ):
+        BayesianNonparametricNMF().fit(str(tmp_path / "other.zarr"))
+    with pytest.raises(FileNotFoundError, match=r"no store at .*nothing.zarr"):
+        BayesianNonparametricNMF().fit(str(tmp_path / "nothing.zarr"))
+
+
+def test_bad_values_in_a_store_name_the_window(X, tmp_path) -> None:
+    bad = X.copy()
+    bad[17, 3, 4] = -1.0
+    path = write_spectrogram_store(tmp_path / "bad.zarr", bad, 7)
+    with pytest.raises(
+        ValueError, match=r"window 'XX.STA2..HHZ.0017' has negative values"
+    ):
+        BayesianNonparametricNMF(n_patterns=4, n_steps=40, batch_size=40).fit(path)
