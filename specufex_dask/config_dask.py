@@ -1,0 +1,87 @@
+"""Dask configuration defaults of the package, under the key ``specufex-dask``.
+
+Importing this module registers the defaults in ``specufex-dask.yaml`` (next
+to this file) with :func:`dask.config.update_defaults`. Defaults rank below
+every user setting, so each key stays overridable the Dask way:
+
+- a YAML file in ``~/.config/dask/`` or ``/etc/dask/`` with the same layout;
+- an environment variable, ``DASK_SPECUFEX_DASK__WORKER_THREADS=2``;
+- ``dask.config.set({"specufex-dask.worker-threads": 2})``.
+
+Keys: ``worker-threads``, ``blas-threads``, ``zarr-concurrency``,
+``dashboard-link``, ``chunk-target-mb``, ``retries``.
+
+Examples
+--------
+>>> from specufex_dask import config_dask
+>>> config_dask.get("retries")
+2
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import dask.config
+import yaml
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "specufex-dask"
+CONFIG_FILE = os.path.join(os.path.dirname(__file__), "specufex-dask.yaml")
+
+with open(CONFIG_FILE, encoding="utf-8") as _file:
+    defaults: dict[str, Any] = yaml.safe_load(_file)
+
+dask.config.update_defaults(defaults)
+
+_NO_DEFAULT = object()
+
+
+def get(key: str, default: Any = _NO_DEFAULT) -> Any:
+    """Current value of ``specufex-dask.<key>``.
+
+    Parameters
+    ----------
+    key : str
+        A key of the package's namespace, ``"worker-threads"`` say
+        (underscores and hyphens are interchangeable, as everywhere in Dask).
+    default : optional
+        Returned when the key is not set; without it a missing key raises.
+
+    Returns
+    -------
+    Any
+        The value after every default, file, environment variable and
+        :func:`dask.config.set` has been applied.
+
+    Raises
+    ------
+    KeyError
+        The key is not in the namespace and no ``default`` was given.
+    """
+    full_key = f"{NAMESPACE}.{key}"
+    if default is _NO_DEFAULT:
+        return dask.config.get(full_key)
+    return dask.config.get(full_key, default=default)
+
+
+def apply_dashboard_link() -> str | None:
+    """Copy ``specufex-dask.dashboard-link`` to ``distributed.dashboard.link``.
+
+    Does nothing when the key is null, so distributed's own setting stands.
+
+    Returns
+    -------
+    str or None
+        The link template now in force, or ``None`` when nothing was changed.
+    """
+    link = get("dashboard-link", None)
+    if not link:
+        return None
+
+    dask.config.set({"distributed.dashboard.link": link})
+    logger.debug("dashboard link template set to %r", link)
+    return link
