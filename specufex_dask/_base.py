@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -155,6 +156,48 @@ class SVIModel:
 
     # -- the fit loop -------------------------------------------------------
 
+    def _validate_convergence_params(self) -> None:
+        check_float("validation_fraction", self.validation_fraction, 0.0, 0.5)
+        check_int("max_validation", self.max_validation, 1)
+        check_int("score_every", self.score_every, 1)
+        if self.tol is not None:
+            check_float("tol", self.tol, 0.0, low_open=True)
+        check_int("n_iter_no_change", self.n_iter_no_change, 1)
+
+    def _convergence_attrs(self) -> dict:
+        return {
+            "validation_fraction": float(self.validation_fraction),
+            "max_validation": int(self.max_validation),
+            "score_every": int(self.score_every),
+            "tol": -1.0 if self.tol is None else float(self.tol),
+            "n_iter_no_change": int(self.n_iter_no_change),
+        }
+
+    def _load_convergence_attrs(self, attrs: Mapping) -> None:
+        self.validation_fraction = float(attrs.get("validation_fraction", 0.1))
+        self.max_validation = int(attrs.get("max_validation", 256))
+        self.score_every = int(attrs.get("score_every", 10))
+        tol = float(attrs.get("tol", 1e-4))
+        self.tol = None if tol < 0 else tol
+        self.n_iter_no_change = int(attrs.get("n_iter_no_change", 3))
+
+    def _split_validation(self, source: Source) -> tuple[np.ndarray, np.ndarray]:
+        """Training and held-out validation indices, fixed by the seed."""
+        n = source.n_window
+        n_val = 0
+        if self.validation_fraction > 0 and n >= 10:
+            n_val = int(
+                min(self.max_validation, max(1, round(self.validation_fraction * n)))
+            )
+        rng = np.random.default_rng([self.seed_, 2**31 - 1])
+        held = (
+            np.sort(rng.choice(n, size=n_val, replace=False))
+            if n_val
+            else np.array([], int)
+        )
+        train = np.setdiff1d(np.arange(n), held)
+        return train, held
+
     def _run_steps(
         self,
         source: Source,
@@ -185,10 +228,16 @@ class SVIModel:
                     self.n_steps_done_,
                     n_steps,
                 )
+
+        # held-out windows score the fit; they are never in a minibatch
+        train, held = self._split_validation(source)
+        validation = source.read(held) if held.size else None
+        batch_size = min(batch_size, train.size)
         logger.info(
-            "%s fit: %d windows, minibatch %d, %d steps, %s",
+            "%s fit: %d windows (%d held out to score), minibatch %d, %d steps, %s",
             self._model_name,
             source.n_window,
+            held.size,
             batch_size,
             n_steps,
             "distributed"
@@ -196,11 +245,13 @@ class SVIModel:
             else "in-process",
         )
 
-        while self.n_steps_done_ < n_steps:
+        while self.n_steps_done_ < n_steps and not self._converged():
             t0 = time.perf_counter()
-            indices = _svi.draw_minibatch(
-                self.seed_, self.n_steps_done_, source.n_window, batch_size
-            )
+            indices = train[
+                _svi.draw_minibatch(
+                    self.seed_, self.n_steps_done_, train.size, batch_size
+                )
+            ]
             stats = _svi.gather_statistics(
                 self._kernel,
                 source,
@@ -212,6 +263,17 @@ class SVIModel:
             )
             record = self._update(_svi.minibatch_mean(stats), len(indices))
             self.n_steps_done_ += 1
+            last = self.n_steps_done_ == n_steps
+            if validation is not None and (
+                self.n_steps_done_ % self.score_every == 0 or last
+            ):
+                record["score"] = float(self._score(validation))
+                logger.info(
+                    "%s step %d: held-out log-likelihood per frame %.6g",
+                    self._model_name,
+                    self.n_steps_done_,
+                    record["score"],
+                )
             record.update(step=self.n_steps_done_, seconds=time.perf_counter() - t0)
             if on_step is not None:
                 record.update(on_step(self) or {})
@@ -219,12 +281,51 @@ class SVIModel:
             if progress is not None:
                 progress(self.n_steps_done_, n_steps, f"{self._model_name} fit")
             if saver is not None and (
-                self.n_steps_done_ % checkpoint_every == 0
-                or self.n_steps_done_ == n_steps
+                self.n_steps_done_ % checkpoint_every == 0 or last or self._converged()
             ):
                 ds = self._to_dataset()
                 ds.attrs["data_fingerprint"] = fingerprint
                 saver.save(ds, self.n_steps_done_)
+
+        if self._converged():
+            logger.info(
+                "%s converged after %d steps (relative change of the held-out score "
+                "below tol=%g over %d scores)",
+                self._model_name,
+                self.n_steps_done_,
+                self.tol,
+                self.n_iter_no_change,
+            )
+        elif self.tol is not None and validation is not None:
+            warnings.warn(
+                f"{self._model_name} used its budget of n_steps={n_steps} before the "
+                f"held-out score settled (tol={self.tol!r}); raise n_steps or check "
+                "the history (model.history_, plot_convergence)",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+
+    def _converged(self) -> bool:
+        """Stopping rule: the held-out score changed by less than ``tol``
+        (relative) over the last ``n_iter_no_change`` scores."""
+        if self.tol is None:
+            return False
+        scores = [r["score"] for r in self.history_ if "score" in r]
+        w = self.n_iter_no_change
+        if len(scores) <= w:
+            return False
+        change = abs(scores[-1] - scores[-1 - w]) / max(abs(scores[-1]), 1e-300)
+        return change < self.tol
+
+    def convergence_summary(self) -> dict:
+        """Steps taken, last scores and whether the stopping rule was met."""
+        scores = [(r["step"], r["score"]) for r in self.history_ if "score" in r]
+        return {
+            "n_steps_done": int(self.n_steps_done_),
+            "converged": bool(self._converged()),
+            "tol": self.tol,
+            "last_scores": scores[-3:],
+        }
 
     # -- persistence --------------------------------------------------------
 

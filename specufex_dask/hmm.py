@@ -21,6 +21,7 @@ from specufex_dask._base import (
 from specufex_dask._data import Source, as_source, check_values
 from specufex_dask._svi import default_batch_size
 from specufex_dask.kernels import hmm as kernels
+from specufex_dask.kernels import scores
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,19 @@ class BayesianHMM(SVIModel):
         single-linkage clustering of their rates, or not at all.
     random_state : int, optional
         Seed of the initial rates and of the minibatch draws.
+    validation_fraction : float, default=0.1
+        Share of the windows held out (at most ``max_validation``) to score
+        the fit; they never enter a minibatch. 0 disables scoring.
+    max_validation : int, default=256
+        Most windows held out.
+    score_every : int, default=10
+        Steps between scores of the held-out windows.
+    tol : float or None, default=1e-4
+        Stop when the held-out score changes by less than this (relative)
+        over ``n_iter_no_change`` scores; None runs every step. A
+        :class:`ConvergenceWarning` says when ``n_steps`` ends first.
+    n_iter_no_change : int, default=3
+        Scores compared by the stopping rule.
 
     Attributes
     ----------
@@ -130,6 +144,11 @@ class BayesianHMM(SVIModel):
         n_inner: int = 20,
         sort_states: str | None = "energy",
         random_state: int | None = None,
+        validation_fraction: float = 0.1,
+        max_validation: int = 256,
+        score_every: int = 10,
+        tol: float | None = 1e-4,
+        n_iter_no_change: int = 3,
     ):
         self.n_states = n_states
         self.gain = gain
@@ -140,8 +159,14 @@ class BayesianHMM(SVIModel):
         self.n_inner = n_inner
         self.sort_states = sort_states
         self.random_state = random_state
+        self.validation_fraction = validation_fraction
+        self.max_validation = max_validation
+        self.score_every = score_every
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
 
     def _validate_params(self) -> None:
+        self._validate_convergence_params()
         check_int("n_states", self.n_states, 1)
         check_choice("mode", self.mode, MODES)
         check_int("n_steps", self.n_steps, 1)
@@ -235,6 +260,17 @@ class BayesianHMM(SVIModel):
         if self.mode != "faithful":
             self.step_ += 1
         return {"step_size": kernels.step_size(step), "batch_size": n_batch}
+
+    def _score(self, V: np.ndarray) -> float:
+        """Held-out expected Poisson log-likelihood per frame of activations ``V``.
+
+        Each frame's emission log-likelihood under every state's mean rates,
+        weighted by the state posterior of that frame.
+        """
+        gain, ElnB, EB, n_inner, faithful = self._shared()
+        Y = gain[None, :, None] * V
+        gam, _, _ = kernels.local_step(Y, ElnB, EB, n_inner=n_inner, faithful=faithful)
+        return scores.hmm_frame_log_likelihood(Y, EB, gam)
 
     def _finish(self) -> None:
         if self.sort_states == "energy":
@@ -412,6 +448,7 @@ class BayesianHMM(SVIModel):
             n_states=int(self.n_states),
             n_steps=int(self.n_steps),
             batch_size=-1 if self.batch_size is None else int(self.batch_size),
+            **self._convergence_attrs(),
             n_effective=int(self.n_effective_),
             n_inner=int(self.n_inner),
             sort_states=str(self.sort_states),
@@ -431,6 +468,7 @@ class BayesianHMM(SVIModel):
         sort = a.get("sort_states", "energy")
         self.sort_states = None if sort == "None" else sort
         self.random_state = int(a.get("seed", 0))
+        self._load_convergence_attrs(a)
         self.B1_ = np.asarray(
             ds["B1"].transpose(dims.STATE, dims.PATTERN).values, float
         )
@@ -457,6 +495,7 @@ class BayesianHMM(SVIModel):
         model.n_effective = model.n_effective_ = int(np.ravel(h5["Neff"])[0])
         model.step_ = int(np.ravel(h5.get("step", [0]))[0])
         model.seed_ = 0
+        model.tol = None
         model.n_steps_done_ = 0
         model.history_ = []
         model.is_fitted_ = True

@@ -22,6 +22,7 @@ from specufex_dask._base import (
 from specufex_dask._data import Source, as_source
 from specufex_dask._svi import default_batch_size
 from specufex_dask.kernels import nmf as kernels
+from specufex_dask.kernels import scores
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,19 @@ class BayesianNonparametricNMF(SVIModel):
         Re-order patterns by the frequency of their peak after each fit.
     random_state : int, optional
         Seed of the initial patterns and of the minibatch draws.
+    validation_fraction : float, default=0.1
+        Share of the windows held out (at most ``max_validation``) to score
+        the fit; they never enter a minibatch. 0 disables scoring.
+    max_validation : int, default=256
+        Most windows held out.
+    score_every : int, default=10
+        Steps between scores of the held-out windows.
+    tol : float or None, default=1e-4
+        Stop when the held-out score changes by less than this (relative)
+        over ``n_iter_no_change`` scores; None runs every step. A
+        :class:`ConvergenceWarning` says when ``n_steps`` ends first.
+    n_iter_no_change : int, default=3
+        Scores compared by the stopping rule.
 
     Attributes
     ----------
@@ -112,6 +126,11 @@ class BayesianNonparametricNMF(SVIModel):
         prune_threshold: float = 1e-3,
         sort_patterns: bool = True,
         random_state: int | None = None,
+        validation_fraction: float = 0.1,
+        max_validation: int = 256,
+        score_every: int = 10,
+        tol: float | None = 1e-4,
+        n_iter_no_change: int = 3,
     ):
         self.n_patterns = n_patterns
         self.mode = mode
@@ -122,10 +141,16 @@ class BayesianNonparametricNMF(SVIModel):
         self.prune_threshold = prune_threshold
         self.sort_patterns = sort_patterns
         self.random_state = random_state
+        self.validation_fraction = validation_fraction
+        self.max_validation = max_validation
+        self.score_every = score_every
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
 
     # -- parameters ---------------------------------------------------------
 
     def _validate_params(self) -> None:
+        self._validate_convergence_params()
         check_int("n_patterns", self.n_patterns, 1)
         check_choice("mode", self.mode, MODES)
         check_int("n_steps", self.n_steps, 1)
@@ -364,6 +389,14 @@ class BayesianNonparametricNMF(SVIModel):
         self._finish()
         return self
 
+    def _score(self, X: np.ndarray) -> float:
+        """Held-out Poisson log-likelihood per frame of spectrograms ``X``."""
+        ElnWA, V2, h01 = self._transform_shared()
+        V = kernels.transform_block(X, ElnWA, V2, h01)
+        return scores.nmf_frame_log_likelihood(
+            X, self.patterns_, self.pattern_weights_, V
+        )
+
     def _transform_shared(self) -> tuple:
         ElnWA = kernels.expected_log_pattern_weight(
             self.W1_, self.W2_, self.A1_, self.A2_
@@ -448,6 +481,7 @@ class BayesianNonparametricNMF(SVIModel):
             n_patterns=int(self.n_patterns),
             n_steps=int(self.n_steps),
             batch_size=-1 if self.batch_size is None else int(self.batch_size),
+            **self._convergence_attrs(),
             n_effective=int(self.n_effective_),
             n_time=int(self.n_time_),
             step_size=-1.0 if self.step_size is None else float(self.step_size),
@@ -471,6 +505,7 @@ class BayesianNonparametricNMF(SVIModel):
         self.prune_threshold = float(a.get("prune_threshold", 1e-3))
         self.sort_patterns = bool(int(a.get("sort_patterns", 1)))
         self.random_state = int(a.get("seed", 0))
+        self._load_convergence_attrs(a)
         self.W1_ = np.asarray(
             ds["W1"].transpose(dims.FREQUENCY, dims.PATTERN).values, float
         )
@@ -509,6 +544,7 @@ class BayesianNonparametricNMF(SVIModel):
             }
         )
         model.seed_ = 0
+        model.tol = None
         model.n_steps_done_ = int(np.ravel(h5.get("step", [-1]))[0]) + 1
         model.history_ = []
         model.frequency_ = None

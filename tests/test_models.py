@@ -101,7 +101,12 @@ def test_one_seed_gives_one_fit_and_another_differs(X) -> None:
 def test_minibatch_of_the_whole_data_equals_the_batch_step(X) -> None:
     # SVI with |B| = N visits every window once per step: same as partial_fit(X)
     full = BayesianNonparametricNMF(
-        n_patterns=6, n_steps=1, batch_size=len(X), random_state=0, sort_patterns=False
+        n_patterns=6,
+        n_steps=1,
+        batch_size=len(X),
+        random_state=0,
+        sort_patterns=False,
+        validation_fraction=0.0,
     ).fit(X)
     step = BayesianNonparametricNMF(
         n_patterns=6, random_state=0, sort_patterns=False
