@@ -21,6 +21,12 @@ from specufex_dask.pipeline import (  # noqa: E402
     transform_hmm,
     transform_nmf,
 )
+from specufex_dask.spectrogram import (  # noqa: E402
+    SpectrogramRecipe,
+    spectrogram_from_samples,
+    spectrograms_from_catalog,
+    spectrograms_from_continuous,
+)
 
 __all__ = [
     "BayesianHMM",
@@ -28,10 +34,14 @@ __all__ = [
     "ConvergenceWarning",
     "HMMOutput",
     "NotFittedError",
+    "SpectrogramRecipe",
     "__version__",
     "fit_hmm",
     "fit_nmf",
     "get_client",
+    "spectrogram_from_samples",
+    "spectrograms_from_catalog",
+    "spectrograms_from_continuous",
     "transform_hmm",
     "transform_nmf",
 ]

@@ -26,6 +26,7 @@ from specufex_dask.kernels import scores
 logger = logging.getLogger(__name__)
 
 SORTS = ("energy", "distance", None)
+INITS = ("frames", "random")
 
 
 class HMMOutput(NamedTuple):
@@ -94,6 +95,10 @@ class BayesianHMM(SVIModel):
     sort_states : {"energy", "distance", None}, default="energy"
         Re-order states after each fit by their total emission rate, by
         single-linkage clustering of their rates, or not at all.
+    init : {"frames", "random"}, default="frames"
+        Initial emission rates: frames of the data spread apart by k-means++
+        seeding, or random around a flat rate as the original does (faithful
+        mode always uses "random"). Random rates can leave states unused.
     random_state : int, optional
         Seed of the initial rates and of the minibatch draws.
     validation_fraction : float, default=0.1
@@ -143,6 +148,7 @@ class BayesianHMM(SVIModel):
         n_effective: int | None = None,
         n_inner: int = 20,
         sort_states: str | None = "energy",
+        init: str = "frames",
         random_state: int | None = None,
         validation_fraction: float = 0.1,
         max_validation: int = 256,
@@ -158,6 +164,7 @@ class BayesianHMM(SVIModel):
         self.n_effective = n_effective
         self.n_inner = n_inner
         self.sort_states = sort_states
+        self.init = init
         self.random_state = random_state
         self.validation_fraction = validation_fraction
         self.max_validation = max_validation
@@ -176,6 +183,7 @@ class BayesianHMM(SVIModel):
             check_int("n_effective", self.n_effective, 1)
         check_int("n_inner", self.n_inner, 1)
         check_choice("sort_states", self.sort_states, SORTS)
+        check_choice("init", self.init, INITS)
 
     def _resolve_gain(self, source: Source) -> np.ndarray:
         n_patterns = source.shape[1]
@@ -201,15 +209,15 @@ class BayesianHMM(SVIModel):
         self.gain_ = self._resolve_gain(source)
         rng = np.random.default_rng(self.seed_)
 
-        # initialise around a flat rate, scaled to the data-set size
-        self.B1_ = (
-            1000
-            * self.n_effective_
-            * rng.gamma(1.0, 1.0, size=(self.n_states, n_patterns))
-        )
-        self.B2_ = (
-            1000 * self.n_effective_ * 0.03 * np.ones((self.n_states, n_patterns))
-        )
+        # rates: random around a flat rate (the original), or seeded from
+        # frames of the data spread apart by k-means++ (no dead states)
+        strength = 1000 * self.n_effective_
+        if self.init == "frames" and self.mode != "faithful":
+            rates = self._rates_from_frames(source, rng)
+        else:
+            rates = rng.gamma(1.0, 1.0, size=(self.n_states, n_patterns)) / 0.03
+        self.B2_ = strength * 0.03 * np.ones((self.n_states, n_patterns))
+        self.B1_ = rates * self.B2_
         self.step_ = 0
         self.n_steps_done_ = 0
         self.history_ = []
@@ -221,6 +229,32 @@ class BayesianHMM(SVIModel):
             self.n_effective_,
             self.seed_,
         )
+
+    def _rates_from_frames(
+        self, source: Source, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Initial emission rates: frames of a sample of windows, k-means++ apart."""
+        n_sample = min(source.n_window, 64)
+        picked = np.sort(rng.choice(source.n_window, size=n_sample, replace=False))
+        V = source.read(picked)
+        frames = (
+            (self.gain_[None, :, None] * V).transpose(0, 2, 1).reshape(-1, V.shape[1])
+        )
+        features = np.log1p(frames)
+        centres = [int(rng.integers(len(frames)))]
+        distance = ((features - features[centres[0]]) ** 2).sum(axis=1)
+        for _ in range(1, self.n_states):
+            total = distance.sum()
+            if total > 0:
+                nxt = int(rng.choice(len(frames), p=distance / total))
+            else:
+                nxt = int(rng.integers(len(frames)))
+            centres.append(nxt)
+            distance = np.minimum(
+                distance, ((features - features[nxt]) ** 2).sum(axis=1)
+            )
+        floor = 0.1 * frames.mean(axis=0) + 1e-3
+        return frames[centres] + floor[None, :]
 
     def _check_compatible(self, source: Source) -> None:
         n_patterns = self.B1_.shape[1]
@@ -452,6 +486,7 @@ class BayesianHMM(SVIModel):
             n_effective=int(self.n_effective_),
             n_inner=int(self.n_inner),
             sort_states=str(self.sort_states),
+            init=self.init,
             step=int(self.step_),
         )
         return ds
@@ -467,6 +502,7 @@ class BayesianHMM(SVIModel):
         self.n_inner = int(a.get("n_inner", 20))
         sort = a.get("sort_states", "energy")
         self.sort_states = None if sort == "None" else sort
+        self.init = a.get("init", "frames")
         self.random_state = int(a.get("seed", 0))
         self._load_convergence_attrs(a)
         self.B1_ = np.asarray(

@@ -31,15 +31,15 @@ def pin_blas_threads(n_threads: int = 1) -> None:
     threadpool_limits(n_threads)
 
 
-def _pin_worker_threads() -> None:
-    pin_blas_threads(1)
+def _pin_worker_threads(n_threads: int) -> None:
+    pin_blas_threads(n_threads)
 
 
 def get_client(
     scheduler: str | None = None,
     *,
     n_workers: int | None = None,
-    threads_per_worker: int = 1,
+    threads_per_worker: int | None = None,
     processes: bool = True,
     memory_limit: str | float | None = "auto",
     dashboard_address: str = "127.0.0.1:8787",
@@ -54,9 +54,11 @@ def get_client(
         listens on 127.0.0.1 only.
     n_workers : int, optional
         Workers of the LocalCluster; default one per core.
-    threads_per_worker : int, default=1
-        Threads per LocalCluster worker. BLAS inside each worker is pinned to
-        one thread, so workers × threads should not exceed the cores.
+    threads_per_worker : int, optional
+        Threads per LocalCluster worker; default the Dask config key
+        ``specufex-dask.worker-threads`` (1). BLAS inside each worker is
+        pinned to ``specufex-dask.blas-threads`` (1), so workers × threads
+        should not exceed the cores.
     processes : bool, default=True
         Worker processes (True) or threads of this process (False).
     memory_limit, dashboard_address
@@ -69,6 +71,10 @@ def get_client(
     """
     from distributed import Client, LocalCluster
 
+    from specufex_dask import config_dask
+
+    config_dask.apply_dashboard_link()
+    threads_per_worker = threads_per_worker or int(config_dask.get("worker-threads"))
     if scheduler:
         if os.path.exists(scheduler):
             client = Client(scheduler_file=scheduler)
@@ -91,7 +97,7 @@ def get_client(
             n_workers,
             threads_per_worker,
         )
-    client.run(_pin_worker_threads)
+    client.run(_pin_worker_threads, int(config_dask.get("blas-threads")))
     logger.info("Dask dashboard: %s", client.dashboard_link)
     return client
 
@@ -145,6 +151,9 @@ def run_tasks(
     import dask
     from distributed import as_completed
 
+    from specufex_dask import config_dask
+
+    retries = int(config_dask.get("retries"))
     prefix = (key or stage or func.__name__).replace(" ", "-")
     token = dask.base.tokenize(func, shared, arguments)
     shared_futures = [
@@ -158,7 +167,7 @@ def run_tasks(
             *args,
             key=f"{prefix}-{i}-{token}",
             pure=False,
-            retries=2,
+            retries=retries,
         )
         for i, args in enumerate(arguments)
     ]

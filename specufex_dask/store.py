@@ -178,20 +178,31 @@ def _chunks_for(var: xr.DataArray, chunk_size: int) -> tuple[int, ...]:
     return tuple(chunk_size if d == dims.WINDOW else var.sizes[d] for d in var.dims)
 
 
-def _done_array(path: str | os.PathLike, storage_options: Mapping | None):
+def _done_array(
+    path: str | os.PathLike, storage_options: Mapping | None, mode: str = "r+"
+):
     group = zarr.open_group(
         os.fspath(path),
-        mode="r+",
+        mode=mode,
         storage_options=dict(storage_options) if storage_options else None,
     )
     return group[DONE_VAR]
+
+
+def _n_window(path: str | os.PathLike, storage_options: Mapping | None) -> int:
+    group = zarr.open_group(
+        os.fspath(path),
+        mode="r",
+        storage_options=dict(storage_options) if storage_options else None,
+    )
+    return int(group[dims.WINDOW].shape[0])
 
 
 def completed_chunks(
     path: str | os.PathLike, storage_options: Mapping | None = None
 ) -> np.ndarray:
     """Boolean array, one entry per chunk: whether that region is written."""
-    return np.asarray(_done_array(path, storage_options)[:]).astype(bool)
+    return np.asarray(_done_array(path, storage_options, mode="r")[:]).astype(bool)
 
 
 def write_region(
@@ -207,6 +218,14 @@ def write_region(
     """
     start = chunk_index * chunk_size
     stop = start + block.sizes[dims.WINDOW]
+    if block.sizes[dims.WINDOW] > chunk_size or (
+        block.sizes[dims.WINDOW] < chunk_size
+        and stop < _n_window(path, storage_options)
+    ):
+        raise ValueError(
+            f"block of {block.sizes[dims.WINDOW]} windows does not fill chunk "
+            f"{chunk_index} of {chunk_size} windows; regions must align with chunks"
+        )
     data_only = block.drop_vars(
         [c for c in block.coords if dims.WINDOW in block[c].dims or c in block.dims]
     )
