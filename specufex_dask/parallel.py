@@ -172,7 +172,7 @@ def run_tasks(
         for i, args in enumerate(arguments)
     ]
     try:
-        for n_done, _ in enumerate(as_completed(futures), start=1):
+        for n_done, _ in enumerate(as_completed(futures, loop=client.loop), start=1):
             if progress is not None:
                 progress(n_done, n_total, stage)
         return client.gather(futures)

@@ -54,7 +54,9 @@ def cluster_clients():
         )
         for n in (1, 2)
     }
-    clients = {n: distributed.Client(c) for n, c in clusters.items()}
+    clients = {
+        n: distributed.Client(c, set_as_default=False) for n, c in clusters.items()
+    }
     yield clients
     for n in clients:
         clients[n].close()
