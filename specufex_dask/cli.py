@@ -218,6 +218,20 @@ def _hertz(text: str) -> float:
     return value
 
 
+def _tolerance(text: str) -> float | None:
+    if text.lower() in ("none", "null", "off"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"expected a positive number or none; got {text!r}"
+        )
+    return value
+
+
 _INT = re.compile(r"-?(0|[1-9][0-9]*)")
 _FLOAT = re.compile(r"-?[0-9]+\.[0-9]*([eE][-+]?[0-9]+)?")
 
@@ -897,6 +911,14 @@ def _fit_flags(p: argparse.ArgumentParser, n_steps: int, checkpoint_every: int) 
         help="corrected (default) or faithful to the original package",
     )
     p.add_argument(
+        "--tol",
+        type=_tolerance,
+        default=1e-4,
+        metavar="TOL",
+        help="stop when the held-out score changes by less than TOL (relative) "
+        "over 3 scores; none: run every step (default: 1e-4)",
+    )
+    p.add_argument(
         "--checkpoint",
         metavar="DIR",
         help="save the fit here every --checkpoint-every steps; a fit resumes from it",
@@ -1007,6 +1029,7 @@ def cmd_fit(args: argparse.Namespace, progress: ProgressBars) -> int:
         "n_steps": args.n_steps,
         "batch_size": args.batch_size,
         "random_state": args.seed,
+        "tol": args.tol,
     }
     if args.model == "nmf":
         cls, variable, change = (
@@ -1044,16 +1067,26 @@ def cmd_fit(args: argparse.Namespace, progress: ProgressBars) -> int:
     if args.model == "nmf":
         print(
             f"NMF model: {args.output}\n  {model.n_patterns_} patterns kept of "
-            f"{args.n_patterns}; {model.n_steps_done_} steps; last pattern change "
+            f"{args.n_patterns}; {model.n_steps_done_} steps, "
+            f"{_verdict(model.convergence_summary())}; last pattern change "
             f"{_fmt(last.get('pattern_change'))}"
         )
     else:
         print(
             f"HMM model: {args.output}\n  {model.n_states} states; "
-            f"{model.n_steps_done_} steps; last emission change "
+            f"{model.n_steps_done_} steps, {_verdict(model.convergence_summary())}; "
+            "last emission change "
             f"{_fmt(last.get('emission_change'))}"
         )
     return 0
+
+
+def _verdict(convergence: Mapping) -> str:
+    if convergence.get("converged"):
+        return "converged"
+    if convergence.get("tol") is None:
+        return "ran every step (no stopping rule)"
+    return "not converged within its step budget"
 
 
 def _fmt(value: Any) -> str:
@@ -1413,8 +1446,11 @@ def format_summary(summary: Mapping, *, title: str) -> str:
     for name, key in (("NMF", "pattern_change"), ("HMM", "emission_change")):
         conv = (summary.get("convergence") or {}).get(name.lower()) or {}
         last = (conv.get("last") or [{}])[-1]
+        scores = conv.get("last_scores") or []
+        verdict = _verdict(conv)
         lines.append(
-            f"  {name} fit:   {conv.get('n_steps', '?')} steps, last "
+            f"  {name} fit:   {conv.get('n_steps', '?')} steps, {verdict}; last "
+            f"held-out score {_fmt(scores[-1][1] if scores else None)}, last "
             f"{key.replace('_', ' ')} {_fmt(last.get(key))}"
         )
     lines.append("  products:")

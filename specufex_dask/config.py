@@ -375,6 +375,9 @@ class NMFConfig(_Section):
     n_patterns, mode, n_steps, batch_size, n_effective, step_size,
     prune_threshold, sort_patterns, random_state
         As for the model.
+    validation_fraction, max_validation, score_every, tol, n_iter_no_change
+        The held-out score and stopping rule, as for the model: ``n_steps``
+        is then a budget the fit may stop short of.
     checkpoint_every : int
         SVI steps between checkpoints (under ``checkpoints/nmf``).
     """
@@ -402,6 +405,15 @@ class NMFConfig(_Section):
     random_state: int | None = field(
         default=None, metadata=_spec("int", low=0, optional=True)
     )
+    validation_fraction: float = field(
+        default=0.1, metadata=_spec("float", low=0.0, high=0.5)
+    )
+    max_validation: int = field(default=256, metadata=_spec("int", low=1))
+    score_every: int = field(default=10, metadata=_spec("int", low=1))
+    tol: float | None = field(
+        default=1e-4, metadata=_spec("float", low=0.0, low_open=True, optional=True)
+    )
+    n_iter_no_change: int = field(default=3, metadata=_spec("int", low=1))
     checkpoint_every: int = field(default=10, metadata=_spec("int", low=1))
 
     def model_params(self) -> dict:
@@ -420,6 +432,8 @@ class HMMConfig(_Section):
     n_states, mode, n_steps, batch_size, n_effective, n_inner, sort_states,
     random_state
         As for the model (the NMF gain is read from the activation store).
+    validation_fraction, max_validation, score_every, tol, n_iter_no_change
+        The held-out score and stopping rule, as for the model.
     checkpoint_every : int
         SVI steps between checkpoints (under ``checkpoints/hmm``).
     """
@@ -446,6 +460,15 @@ class HMMConfig(_Section):
     random_state: int | None = field(
         default=None, metadata=_spec("int", low=0, optional=True)
     )
+    validation_fraction: float = field(
+        default=0.1, metadata=_spec("float", low=0.0, high=0.5)
+    )
+    max_validation: int = field(default=256, metadata=_spec("int", low=1))
+    score_every: int = field(default=10, metadata=_spec("int", low=1))
+    tol: float | None = field(
+        default=1e-4, metadata=_spec("float", low=0.0, low_open=True, optional=True)
+    )
+    n_iter_no_change: int = field(default=3, metadata=_spec("int", low=1))
     checkpoint_every: int = field(default=10, metadata=_spec("int", low=1))
 
     def model_params(self) -> dict:
@@ -894,6 +917,7 @@ nmf:
   n_patterns: 75
   # corrected: minibatch SVI; faithful: the original package, step by step
   mode: corrected
+  # most SVI steps (the stopping rule below may end the fit earlier)
   n_steps: 100
   # spectrograms per SVI step (null: about 2 sqrt(number of windows))
   batch_size: null
@@ -904,6 +928,15 @@ nmf:
   sort_patterns: true
   # seed of the initial patterns and minibatches (null: a fresh one)
   random_state: null
+  # share of windows held out to score the fit (0: no score, no early stop),
+  # at most max_validation, scored every score_every steps; the fit stops
+  # when the score changes by less than tol (relative) over n_iter_no_change
+  # scores (tol null: always run n_steps)
+  validation_fraction: 0.1
+  max_validation: 256
+  score_every: 10
+  tol: 0.0001
+  n_iter_no_change: 3
   checkpoint_every: 10
 
 hmm:
@@ -918,6 +951,12 @@ hmm:
   # of their rates (distance), or not at all (null)
   sort_states: energy
   random_state: null
+  # held-out score and stopping rule, as for nmf
+  validation_fraction: 0.1
+  max_validation: 256
+  score_every: 10
+  tol: 0.0001
+  n_iter_no_change: 3
   checkpoint_every: 10
 
 cluster:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 
 import pytest
@@ -16,6 +17,8 @@ from specufex_dask.config import (
     load_config,
     redact_options,
 )
+from specufex_dask.hmm import BayesianHMM
+from specufex_dask.nmf import BayesianNonparametricNMF
 from specufex_dask.spectrogram import SpectrogramRecipe
 
 #: the smallest valid config: where the windows are
@@ -90,6 +93,18 @@ def test_config_defaults_fill_missing_keys() -> None:
     assert config.cluster.k_range == range(2, 11)
     assert config.nmf.model_params()["n_patterns"] == 40
     assert "checkpoint_every" not in config.hmm.model_params()
+
+
+@pytest.mark.parametrize(
+    ("section", "model"), [("nmf", BayesianNonparametricNMF), ("hmm", BayesianHMM)]
+)
+def test_config_model_defaults_match_the_models(section: str, model: type) -> None:
+    params = getattr(RunConfig(), section).model_params()
+    signature = inspect.signature(model)
+
+    for name, value in params.items():
+        assert signature.parameters[name].default == value, name
+    model(**params)._validate_params()
 
 
 def test_config_is_frozen() -> None:
