@@ -822,7 +822,7 @@ def build_parser() -> argparse.ArgumentParser:
             "588 noise windows): 1-45 Hz\nspectrograms, 40-pattern NMF, 12-state "
             "HMM, k-means of the fingerprints, figures,\nand the 5-fold accuracy "
             "of trigger vs noise from the fingerprints beside that from\nthe "
-            "time-averaged spectrum. About a minute on two cores (--quick: "
+            "time-averaged spectrum. About 2-3 minutes on two cores (--quick: "
             "seconds)."
         ),
         epilog="example:\n  specufex-dask example --output piton-example --overwrite",
@@ -1332,7 +1332,9 @@ def describe_store(path: str, storage_options: Mapping | None = None) -> str:
         + ("" if complete else "  (INCOMPLETE: an earlier run was interrupted)"),
         "  sizes:      "
         + ", ".join(
-            f"{d} {n}" for d, n in ds.sizes.items() if not str(d).startswith("_")
+            f"{d} {n}"
+            for d, n in ds.sizes.items()
+            if not str(d).startswith(("_", "skipped"))
         ),
         "  variables:",
     ]

@@ -885,7 +885,7 @@ def run_example(
     12-state HMM, k-means of the fingerprints with k chosen by silhouette
     (2–8), the figures, and the 5-fold accuracy of ``trigger`` against
     ``noise`` from the fingerprints beside that from the time-averaged
-    spectrum. About a minute on two cores for all 1,176 windows.
+    spectrum. About two and a half minutes on two cores for all 1,176 windows.
 
     Parameters
     ----------
@@ -901,7 +901,7 @@ def run_example(
     overwrite : bool, default=False
         Replace the products of an earlier run in ``output``.
     quick : bool, default=False
-        120 windows and few SVI steps: seconds instead of a minute, for
+        120 windows and few SVI steps: seconds instead of minutes, for
         tests and a first look.
     seed : int, default=0
         Seed of the window subset, both models and k-means.
