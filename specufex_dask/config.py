@@ -253,7 +253,7 @@ class SpectrogramConfig(_Section):
     catalog : str or None
         CSV file with one row per window (station, start time …).
     waveforms : str or None
-        Waveform file, folder or glob pattern (any format ObsPy reads).
+        Waveform file, or folder read recursively (any format ObsPy reads).
     store : str or None
         Existing spectrogram store, for ``source: store``.
     window_s, pre_s, post_s, step_s : float or None
@@ -899,7 +899,7 @@ spectrograms:
   # store:      start from the existing spectrogram store `store`
   source: catalog
   catalog: catalog.csv
-  # waveform file, folder or glob (miniSEED, SAC, any format ObsPy reads)
+  # waveform file, or folder read recursively (miniSEED, SAC, any ObsPy format)
   waveforms: waveforms
   store: null
   # window length, time before / after the catalog time, step (s);
