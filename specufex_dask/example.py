@@ -845,9 +845,9 @@ def example_config(
                 },
             },
             # budgets measured on two cores for all 1,176 windows: the NMF
-            # (about 45 s) is still improving slowly at 600 steps, the HMM
-            # (about 40 s) settles near 250-400; quick runs every step of a
-            # short fit instead of scoring it
+            # (45-75 s) still improves slowly at 600 steps, the HMM (40-60 s)
+            # nearly settles by 400; quick runs every step of a short fit
+            # instead of scoring it against the stopping rule
             "nmf": {
                 "n_patterns": 40,
                 "n_steps": 30 if quick else 600,
@@ -885,7 +885,8 @@ def run_example(
     12-state HMM, k-means of the fingerprints with k chosen by silhouette
     (2–8), the figures, and the 5-fold accuracy of ``trigger`` against
     ``noise`` from the fingerprints beside that from the time-averaged
-    spectrum. About two and a half minutes on two cores for all 1,176 windows.
+    spectrum. Two and a half to three minutes on two cores for all 1,176
+    windows.
 
     Parameters
     ----------
