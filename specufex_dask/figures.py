@@ -230,8 +230,18 @@ def plot_convergence(
     axes = fig.subplots(len(keys), 1, sharex=True, squeeze=False)[:, 0]
     for ax, name in zip(axes, keys, strict=True):
         values = table[name].to_numpy(dtype=float)
+        # scores are recorded every few steps only: join the steps that have one
+        present = np.isfinite(values)
         drawstyle = "steps-post" if name.startswith("n_") else "default"
-        ax.plot(steps, values, drawstyle=drawstyle, color="tab:blue")
+        marker = "o" if present.sum() < len(values) else None
+        ax.plot(
+            steps[present],
+            values[present],
+            drawstyle=drawstyle,
+            color="tab:blue",
+            marker=marker,
+            markersize=3,
+        )
         ax.set_ylabel(name.replace("_", " "))
         finite = values[np.isfinite(values)]
         if finite.size and finite.min() > 0 and finite.max() >= 10 * finite.min():

@@ -284,3 +284,13 @@ def test_plot_convergence_keys_and_log_scale(nmf, tmp_path) -> None:
         figures.plot_convergence(nmf, key="elbo")
     with pytest.raises(ValueError, match="history is empty"):
         figures.plot_convergence([])
+
+
+def test_plot_convergence_joins_scores_recorded_every_few_steps() -> None:
+    history = [{"step": s, "step_size": 0.5 / s} for s in range(1, 21)]
+    for record in history[4::5]:
+        record["score"] = -10.0 + record["step"] / 10
+    fig = figures.plot_convergence(history, key=["step_size", "score"])
+    line = fig.axes[1].lines[0]
+    np.testing.assert_array_equal(line.get_xdata(), [5, 10, 15, 20])
+    np.testing.assert_allclose(line.get_ydata(), [-9.5, -9.0, -8.5, -8.0])
