@@ -12,10 +12,10 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from specufex_dask._base import ConvergenceWarning, NotFittedError  # noqa: E402
-from specufex_dask.hmm import BayesianHMM, HMMOutput  # noqa: E402
-from specufex_dask.nmf import BayesianNonparametricNMF  # noqa: E402
 from specufex_dask.config import RunConfig, load_config  # noqa: E402
 from specufex_dask.example import run_example, run_pipeline  # noqa: E402
+from specufex_dask.hmm import BayesianHMM, HMMOutput  # noqa: E402
+from specufex_dask.nmf import BayesianNonparametricNMF  # noqa: E402
 from specufex_dask.parallel import get_client  # noqa: E402
 from specufex_dask.pipeline import (  # noqa: E402
     fit_hmm,

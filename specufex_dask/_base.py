@@ -16,7 +16,7 @@ import numpy as np
 import xarray as xr
 
 from specufex_dask import __version__, _model_io, _svi
-from specufex_dask._data import Source
+from specufex_dask._data import Source, as_source
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,10 @@ class Checkpointer:
 
     def save(self, ds: xr.Dataset, step: int) -> str:
         name = f"step-{step:08d}.nc"
-        self.fs.makedirs(self.root, exist_ok=True)
+        if not _model_io._is_url(self.location):
+            # an object store has no folders, and makedirs would create a
+            # missing bucket rather than report it
+            self.fs.makedirs(self.root, exist_ok=True)
         _model_io.write_model(
             ds, self._path(name), overwrite=True, storage_options=self.storage_options
         )
@@ -137,7 +140,8 @@ class Checkpointer:
 class SVIModel:
     """Base of the two models: the fit loop, checkpoints and the history.
 
-    Subclasses provide ``_kernel`` (module-level local-step function),
+    Subclasses provide ``_what`` (the variable they read: spectrogram or
+    activation), ``_kernel`` (module-level local-step function),
     ``_init_params(source)``, ``_shared()`` (what each task needs),
     ``_update(stats, n_batch)`` (the global step), ``_faithful_fit(source)``,
     ``_finish()`` (re-ordering after a fit) and ``_to_dataset`` /
@@ -155,6 +159,64 @@ class SVIModel:
             )
 
     # -- the fit loop -------------------------------------------------------
+
+    def _fit_steps(
+        self,
+        data: Any,
+        *,
+        fresh: bool,
+        n_steps: int | None = None,
+        client=None,
+        progress: Callable | None = None,
+        checkpoint: str | None = None,
+        checkpoint_every: int = 10,
+        storage_options: Mapping | None = None,
+        on_step: Callable | None = None,
+    ):
+        """Shared body of ``fit`` (``fresh=True``) and ``partial_fit``.
+
+        A fresh fit starts from new initial parameters (or from a checkpoint
+        of this data) and runs up to ``self.n_steps`` steps; a partial fit
+        continues the current state: ``n_steps`` more minibatch steps over
+        ``data``, or with ``n_steps=None`` one step with all of ``data`` as
+        the minibatch. Faithful mode takes one step per window, in order.
+        """
+        self._validate_params()
+        check_int("checkpoint_every", checkpoint_every, 1)
+        if n_steps is not None:
+            check_int("n_steps", n_steps, 1)
+        source = as_source(data, self._what, storage_options=storage_options)
+        if fresh or not getattr(self, "is_fitted_", False):
+            self._init_params(source)
+        else:
+            self._check_compatible(source)
+
+        if self.mode == "faithful":
+            self._faithful_steps(source, progress)
+        elif not fresh and n_steps is None:
+            stats = self._kernel(
+                self._shared(), source.read(np.arange(source.n_window))
+            )
+            record = self._update(_svi.minibatch_mean(stats), source.n_window)
+            self.n_steps_done_ += 1
+            record["step"] = self.n_steps_done_
+            self.history_.append(record)
+        else:
+            batch_size = self.batch_size or _svi.default_batch_size(source.n_window)
+            target = self.n_steps if fresh else self.n_steps_done_ + n_steps
+            self._run_steps(
+                source,
+                target,
+                batch_size,
+                client=client,
+                progress=progress,
+                checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every,
+                storage_options=storage_options,
+                on_step=on_step,
+            )
+        self._finish()
+        return self
 
     def _validate_convergence_params(self) -> None:
         check_float("validation_fraction", self.validation_fraction, 0.0, 0.5)
@@ -233,6 +295,7 @@ class SVIModel:
         train, held = self._split_validation(source)
         validation = source.read(held) if held.size else None
         batch_size = min(batch_size, train.size)
+        logger.info("%s minibatch size %d", self._model_name, batch_size)
         logger.info(
             "%s fit: %d windows (%d held out to score), minibatch %d, %d steps, %s",
             self._model_name,

@@ -924,6 +924,13 @@ def _fit_flags(p: argparse.ArgumentParser, n_steps: int, checkpoint_every: int) 
         help="save the fit here every --checkpoint-every steps; a fit resumes from it",
     )
     p.add_argument(
+        "--continue-from",
+        metavar="MODEL",
+        help="keep fitting this saved model on the given windows for --n-steps "
+        "more steps instead of starting afresh (new data, same model); the "
+        "model's own settings apply and -o names the updated model",
+    )
+    p.add_argument(
         "--checkpoint-every",
         type=_int_at_least(1),
         default=checkpoint_every,
@@ -1048,6 +1055,29 @@ def cmd_fit(args: argparse.Namespace, progress: ProgressBars) -> int:
 
     n_windows = _store_windows(args.input, options)
     _check_variable(args.input, variable, options)
+    if args.continue_from:
+        store.check_output_path(
+            args.output,
+            overwrite=args.overwrite,
+            storage_options=options,
+            what="model file",
+        )
+        model = cls.load(args.continue_from, storage_options=options)
+        with _client_of(args, n_windows) as client:
+            model.partial_fit(
+                args.input,
+                n_steps=args.n_steps,
+                client=client,
+                progress=progress,
+                storage_options=options,
+                on_step=change,
+            )
+        model.save(args.output, overwrite=args.overwrite, storage_options=options)
+        print(
+            f"{cls.__name__} continued from {args.continue_from}: "
+            f"{model.n_steps_done_} steps in all; saved {args.output}"
+        )
+        return 0
     with _client_of(args, n_windows) as client:
         model = _fit_stage(
             cls,

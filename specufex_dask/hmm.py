@@ -319,15 +319,6 @@ class BayesianHMM(SVIModel):
         self.B1_ = np.ascontiguousarray(self.B1_[order])
         self.B2_ = np.ascontiguousarray(self.B2_[order])
 
-    def _prepare(self, V: Any, storage_options: Mapping | None) -> Source:
-        self._validate_params()
-        source = as_source(V, dims.ACTIVATION, storage_options=storage_options)
-        if not getattr(self, "is_fitted_", False):
-            self._init_params(source)
-        else:
-            self._check_compatible(source)
-        return source
-
     def fit(
         self,
         V: Any,
@@ -340,7 +331,11 @@ class BayesianHMM(SVIModel):
         storage_options: Mapping | None = None,
         on_step: Callable | None = None,
     ) -> BayesianHMM:
-        """Fit the emission rates to activation sequences.
+        """Fit the emission rates to activation sequences, starting afresh.
+
+        Runs up to ``n_steps`` SVI steps (fewer when the stopping rule is
+        met); in faithful mode, one step per window in the order given, as
+        the original's ``fit``.
 
         Parameters
         ----------
@@ -348,35 +343,35 @@ class BayesianHMM(SVIModel):
             Activations of shape (n_window, n_patterns, n_time), a labelled
             array with dims ``("window", "pattern", "time")``, or the path /
             URL of an activation store.
-        client, progress, checkpoint, checkpoint_every, storage_options, on_step
-            As for :meth:`BayesianNonparametricNMF.fit`.
+        client : distributed.Client, optional
+            Run the local steps on this cluster (store input only).
+        progress : callable, optional
+            ``progress(n_done, n_total, stage)`` after each step.
+        checkpoint : str, optional
+            Folder or URL prefix for checkpoints; a fit resumes from the
+            latest one found there for the same data.
+        checkpoint_every : int, default=10
+            Steps between checkpoints.
+        storage_options : mapping, optional
+            fsspec options for store and checkpoint URLs.
+        on_step : callable, optional
+            Called with the model after each step; may return a dict merged
+            into that step's history record.
 
         Returns
         -------
         self
         """
-        check_int("checkpoint_every", checkpoint_every, 1)
-        source = self._prepare(V, storage_options)
-        if self.mode == "faithful":
-            self._faithful_steps(source, progress)
-        else:
-            batch_size = self.batch_size or default_batch_size(source.n_window)
-            logger.info(
-                "HMM minibatch size %d (of %d windows)", batch_size, source.n_window
-            )
-            self._run_steps(
-                source,
-                self.n_steps,
-                batch_size,
-                client=client,
-                progress=progress,
-                checkpoint=checkpoint,
-                checkpoint_every=checkpoint_every,
-                storage_options=storage_options,
-                on_step=on_step,
-            )
-        self._finish()
-        return self
+        return self._fit_steps(
+            V,
+            fresh=True,
+            client=client,
+            progress=progress,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            storage_options=storage_options,
+            on_step=on_step,
+        )
 
     def _faithful_steps(self, source: Source, progress: Callable | None) -> None:
         # the original advances its counter by the sequence's index in the call
@@ -391,21 +386,49 @@ class BayesianHMM(SVIModel):
                 progress(i + 1, source.n_window, "HMM fit")
 
     def partial_fit(
-        self, V: Any, y: None = None, *, storage_options: Mapping | None = None
+        self,
+        V: Any,
+        y: None = None,
+        *,
+        n_steps: int | None = None,
+        client=None,
+        progress: Callable | None = None,
+        storage_options: Mapping | None = None,
+        on_step: Callable | None = None,
     ) -> BayesianHMM:
-        """One SVI step with all of ``V`` as the minibatch (faithful: the
-        original's ``fit`` on ``V``)."""
-        source = self._prepare(V, storage_options)
-        if self.mode == "faithful":
-            self._faithful_steps(source, None)
-        else:
-            stats = _fit_kernel(self._shared(), source.read(np.arange(source.n_window)))
-            record = self._update(tuple(s.mean(axis=0) for s in stats), source.n_window)
-            self.n_steps_done_ += 1
-            record["step"] = self.n_steps_done_
-            self.history_.append(record)
-        self._finish()
-        return self
+        """Continue fitting from the current state (a fitted or loaded model).
+
+        With ``n_steps=None``: one SVI step with all of ``V`` as the
+        minibatch. With ``n_steps``: that many more minibatch steps over
+        ``V`` — how a saved model keeps learning from new windows. The
+        data-set size the statistics are scaled to stays ``n_effective_``.
+        In faithful mode this is the original package's ``fit``: one step
+        per window of ``V``, in order, then the re-sort.
+
+        Parameters
+        ----------
+        V : ndarray, DataArray, Dataset, str or path
+            Activations of shape (n_window, n_patterns, n_time), a labelled
+            array with dims ``("window", "pattern", "time")``, or the path /
+            URL of an activation store.
+        n_steps : int, optional
+            More SVI steps to take.
+        client, progress, storage_options, on_step
+            As for :meth:`fit`.
+
+        Returns
+        -------
+        self
+        """
+        return self._fit_steps(
+            V,
+            fresh=False,
+            n_steps=n_steps,
+            client=client,
+            progress=progress,
+            storage_options=storage_options,
+            on_step=on_step,
+        )
 
     def transform(
         self, V: Any, *, storage_options: Mapping | None = None, batch_size: int = 256

@@ -295,7 +295,11 @@ class BayesianNonparametricNMF(SVIModel):
         storage_options: Mapping | None = None,
         on_step: Callable | None = None,
     ) -> BayesianNonparametricNMF:
-        """Fit the patterns to spectrograms.
+        """Fit the patterns to spectrograms, starting afresh.
+
+        Runs up to ``n_steps`` SVI steps (fewer when the stopping rule is
+        met); in faithful mode, one step per window in the order given, as
+        the original's ``fit``.
 
         Parameters
         ----------
@@ -309,7 +313,7 @@ class BayesianNonparametricNMF(SVIModel):
             ``progress(n_done, n_total, stage)`` after each step.
         checkpoint : str, optional
             Folder or URL prefix for checkpoints; a fit resumes from the
-            latest one found there.
+            latest one found there for the same data.
         checkpoint_every : int, default=10
             Steps between checkpoints.
         storage_options : mapping, optional
@@ -322,34 +326,16 @@ class BayesianNonparametricNMF(SVIModel):
         -------
         self
         """
-        self._validate_params()
-        check_int("checkpoint_every", checkpoint_every, 1)
-        source = as_source(X, dims.SPECTROGRAM, storage_options=storage_options)
-        if not getattr(self, "is_fitted_", False):
-            self._init_params(source)
-        else:
-            self._check_compatible(source)
-
-        if self.mode == "faithful":
-            self._faithful_steps(source, progress)
-        else:
-            batch_size = self.batch_size or default_batch_size(source.n_window)
-            logger.info(
-                "NMF minibatch size %d (of %d windows)", batch_size, source.n_window
-            )
-            self._run_steps(
-                source,
-                self.n_steps,
-                batch_size,
-                client=client,
-                progress=progress,
-                checkpoint=checkpoint,
-                checkpoint_every=checkpoint_every,
-                storage_options=storage_options,
-                on_step=on_step,
-            )
-        self._finish()
-        return self
+        return self._fit_steps(
+            X,
+            fresh=True,
+            client=client,
+            progress=progress,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            storage_options=storage_options,
+            on_step=on_step,
+        )
 
     def _faithful_steps(self, source: Source, progress: Callable | None) -> None:
         # the original: one global step per spectrogram, in the order given
@@ -363,31 +349,49 @@ class BayesianNonparametricNMF(SVIModel):
                 progress(i + 1, source.n_window, "NMF fit")
 
     def partial_fit(
-        self, X: Any, y: None = None, *, storage_options: Mapping | None = None
+        self,
+        X: Any,
+        y: None = None,
+        *,
+        n_steps: int | None = None,
+        client=None,
+        progress: Callable | None = None,
+        storage_options: Mapping | None = None,
+        on_step: Callable | None = None,
     ) -> BayesianNonparametricNMF:
-        """One SVI step with all of ``X`` as the minibatch.
+        """Continue fitting from the current state (a fitted or loaded model).
 
+        With ``n_steps=None``: one SVI step with all of ``X`` as the
+        minibatch. With ``n_steps``: that many more minibatch steps over
+        ``X`` — how a saved model keeps learning from new windows. The
+        data-set size the statistics are scaled to stays ``n_effective_``.
         In faithful mode this is the original package's ``fit``: one step
-        per spectrogram of ``X``, in order, then the patterns are re-sorted.
-        Set ``n_effective`` to the size of the whole data set when feeding
-        minibatches this way.
+        per window of ``X``, in order, then the re-sort.
+
+        Parameters
+        ----------
+        X : ndarray, DataArray, Dataset, str or path
+            Spectrograms of shape (n_window, n_frequency, n_time), a labelled
+            array with dims ``("window", "frequency", "time")``, or the path /
+            URL of a spectrogram store (read chunk by chunk by the workers).
+        n_steps : int, optional
+            More SVI steps to take.
+        client, progress, storage_options, on_step
+            As for :meth:`fit`.
+
+        Returns
+        -------
+        self
         """
-        self._validate_params()
-        source = as_source(X, dims.SPECTROGRAM, storage_options=storage_options)
-        if not getattr(self, "is_fitted_", False):
-            self._init_params(source)
-        else:
-            self._check_compatible(source)
-        if self.mode == "faithful":
-            self._faithful_steps(source, None)
-        else:
-            stats = _fit_kernel(self._shared(), source.read(np.arange(source.n_window)))
-            record = self._update(tuple(s.mean(axis=0) for s in stats), source.n_window)
-            self.n_steps_done_ += 1
-            record["step"] = self.n_steps_done_
-            self.history_.append(record)
-        self._finish()
-        return self
+        return self._fit_steps(
+            X,
+            fresh=False,
+            n_steps=n_steps,
+            client=client,
+            progress=progress,
+            storage_options=storage_options,
+            on_step=on_step,
+        )
 
     def _score(self, X: np.ndarray) -> float:
         """Held-out Poisson log-likelihood per frame of spectrograms ``X``."""

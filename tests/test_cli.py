@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from specufex_dask import store
+from specufex_dask import BayesianNonparametricNMF, store
 from specufex_dask.cli import main, parse_storage_options
 from specufex_dask.config import load_config
 
@@ -479,3 +479,37 @@ def test_cli_malformed_storage_option_not_echoed(tmp_path, capsys) -> None:
     assert code == 2
     assert "KEY=VALUE" in err
     assert "hunter2" not in err
+
+
+def test_cli_continue_from_a_saved_model_on_new_windows(
+    example, tmp_path, capsys
+) -> None:
+    out = example["out"]
+    spectrograms = str(out / "spectrograms.zarr")
+    first = tmp_path / "nmf.nc"
+    args = ["--n-patterns", "6", "--seed", "3", "--tol", "none", "--no-cluster", "-q"]
+    assert (
+        main(["fit-nmf", spectrograms, "-o", str(first), "--n-steps", "4", *args]) == 0
+    )
+    code = main(
+        [
+            "fit-nmf",
+            spectrograms,
+            "-o",
+            str(tmp_path / "more.nc"),
+            "--n-steps",
+            "3",
+            "--continue-from",
+            str(first),
+            "--no-cluster",
+            "-q",
+        ]
+    )
+    assert code == 0
+    assert "continued from" in capsys.readouterr().out
+
+    # the same as continuing the model in Python: no re-initialisation
+    expected = BayesianNonparametricNMF.load(first).partial_fit(spectrograms, n_steps=3)
+    updated = BayesianNonparametricNMF.load(tmp_path / "more.nc")
+    assert updated.n_steps_done_ == 7
+    np.testing.assert_array_equal(updated.W1_, expected.W1_)

@@ -76,7 +76,7 @@ def test_nmf_case_a_transform_matches_original(case_a, golden) -> None:
 
 def test_nmf_case_b_one_call_matches_original(golden) -> None:
     model = faithful_nmf(golden)
-    model.fit(golden["X"][golden["nmf_order"]])
+    model.partial_fit(golden["X"][golden["nmf_order"]])
     np.testing.assert_allclose(model.patterns_, golden["nmf_seq_EW"], rtol=RTOL)
     np.testing.assert_allclose(
         model.pattern_weights_, golden["nmf_seq_EA"][0], rtol=RTOL
@@ -101,7 +101,7 @@ def test_hmm_case_c_transform_matches_original(case_c, golden) -> None:
 
 def test_hmm_case_d_step_counter_and_rates_match_original(golden) -> None:
     model = faithful_hmm(golden)
-    model.fit(golden["nmf_V"][golden["hmm_order"][:12]])
+    model.partial_fit(golden["nmf_V"][golden["hmm_order"][:12]])
     assert model.step_ == int(golden["hmm_seq12_step"])
     np.testing.assert_allclose(model.emission_rates_, golden["hmm_seq12_EB"], rtol=RTOL)
 

@@ -121,8 +121,8 @@ def test_pruning_removes_exactly_the_patterns_whose_weight_vanished(X) -> None:
     # a threshold planted between the weights so that three patterns fall under
     threshold = float(np.sort(ref.pattern_weights_)[2] * 1.0000001)
     nmf = BayesianNonparametricNMF(**base, n_steps=6).fit(X)
-    nmf.n_steps, nmf.prune_threshold = 7, threshold
-    nmf.fit(X)
+    nmf.prune_threshold = threshold
+    nmf.partial_fit(X, n_steps=1)
     survivors = ref.pattern_weights_ > threshold
     assert nmf.n_patterns_ == survivors.sum() == 5
     np.testing.assert_array_equal(nmf.W1_, ref.W1_[:, survivors])
@@ -205,3 +205,26 @@ def test_corrected_hmm_transitions_are_row_stochastic(V) -> None:
     v = np.sqrt((fp**2).sum(axis=2))
     np.testing.assert_allclose(v.sum(axis=1), 1.0, rtol=1e-10)
     assert hmm.step_ == 5
+
+
+def test_fit_starts_afresh_and_partial_fit_continues(X) -> None:
+    params = dict(n_patterns=6, random_state=2, tol=None)
+    ten = BayesianNonparametricNMF(**params, n_steps=10).fit(X)
+    six = BayesianNonparametricNMF(**params, n_steps=6).fit(X)
+    # continuing a 6-step fit for 4 more steps takes the same minibatches
+    six.partial_fit(X, n_steps=4)
+    assert six.n_steps_done_ == 10
+    np.testing.assert_array_equal(six.W1_, ten.W1_)
+    # a second fit forgets the first
+    again = ten.fit(X[:20])
+    assert again.n_steps_done_ == 10 and again.n_effective_ == 20
+
+
+def test_saved_model_keeps_learning_from_new_windows(X, tmp_path) -> None:
+    nmf = BayesianNonparametricNMF(n_patterns=6, n_steps=5, random_state=0).fit(X[:20])
+    nmf.save(tmp_path / "nmf.nc")
+    loaded = BayesianNonparametricNMF.load(tmp_path / "nmf.nc")
+    loaded.partial_fit(X[20:], n_steps=3)
+    nmf.partial_fit(X[20:], n_steps=3)
+    assert loaded.n_steps_done_ == 8 and loaded.n_effective_ == 20
+    np.testing.assert_array_equal(loaded.W1_, nmf.W1_)
