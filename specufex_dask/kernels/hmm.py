@@ -44,14 +44,8 @@ from specufex_dask.kernels._simd import (
     vsub,
 )
 from specufex_dask.kernels.special import (
-    _C1,
-    _C2,
-    _C3,
-    _C4,
-    _C5,
-    _C6,
-    _C7,
     digamma,
+    digamma_parts_lanes,
     digamma_scalar,
 )
 
@@ -202,35 +196,6 @@ def _batch(pr, n_inner, tau_pi, tau_a, faithful, gam, adir, pdir):
 _BLOCK = 5
 # frames per pass of the transition counts (alpha and w of a chunk fill L1)
 _CHUNK = 32
-# psi(x) = psi(x + n) - sum_{k<n} 1/(x + k) with n fixed, so that the shift
-# is branch-free; the asymptotic series at x + n >= 10 is exact to 1e-17
-_SHIFTS = 10
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _digamma_parts(x):
-    # returns (x + n, e) with psi(x) = ln(x + n) + e; the shift sum is kept as
-    # one fraction num / den (den < 1.8e308 needs x below about 1e27)
-    num = vsplat(0.0)
-    den = vsplat(1.0)
-    for k in range(_SHIFTS):
-        xk = vadd(x, vsplat(float(k)))
-        num = vfma(num, xk, den)
-        den = vmul(den, xk)
-    shifted = vadd(x, vsplat(float(_SHIFTS)))
-    h = vdiv(vsplat(1.0), vmul(den, shifted))
-    recurrence = vmul(vmul(num, shifted), h)
-    inv = vmul(den, h)
-    inv2 = vmul(inv, inv)
-    series = vsplat(_C7)
-    series = vfma(series, inv2, vsplat(_C6))
-    series = vfma(series, inv2, vsplat(_C5))
-    series = vfma(series, inv2, vsplat(_C4))
-    series = vfma(series, inv2, vsplat(_C3))
-    series = vfma(series, inv2, vsplat(_C2))
-    series = vfma(series, inv2, vsplat(_C1))
-    tail = vfma(series, inv2, vmul(vsplat(0.5), inv))
-    return shifted, vsub(vsplat(0.0), vadd(recurrence, tail))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -244,10 +209,10 @@ def _expected_rows_lanes(
         total = vsplat(0.0)
         for j in range(n_cols):
             total = vadd(total, vload(dirichlet, base + j * LANES))
-        r_shifted, r_e = _digamma_parts(total)
+        r_shifted, r_e = digamma_parts_lanes(total)
         inv_r = vdiv(vsplat(1.0), r_shifted)
         for j in range(n_cols):
-            x_shifted, x_e = _digamma_parts(vload(dirichlet, base + j * LANES))
+            x_shifted, x_e = digamma_parts_lanes(vload(dirichlet, base + j * LANES))
             ratio = vmul(x_shifted, inv_r)
             vstore(out, base + j * LANES, vmul(ratio, vexp(vsub(x_e, r_e))))
 

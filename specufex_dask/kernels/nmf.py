@@ -25,9 +25,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
-from specufex_dask.kernels.special import digamma
+from specufex_dask.kernels._simd import (
+    LANES,
+    aligned_empty,
+    vadd,
+    vdiv,
+    vexp,
+    vfma,
+    vload,
+    vmax,
+    vmul,
+    vsplat,
+    vstore,
+    vsub,
+)
+from specufex_dask.kernels.special import digamma, digamma_lanes
 
 # smallest normaliser allowed, so that a frame whose responsibilities all
 # underflow gives zero statistics instead of NaN
@@ -77,7 +92,9 @@ def _responsibility_sums(
     """Contract the responsibilities with ``X`` over frequency or over time.
 
     ``over="frequency"`` gives ``sum_d P[k,m,d] X[d,m]`` (B, K, M);
-    ``over="time"`` gives ``sum_m P[k,m,d] X[d,m]`` (B, K, D).
+    ``over="time"`` gives ``sum_m P[k,m,d] X[d,m]`` (B, K, D). A plain NumPy
+    statement of ALGORITHM.md §1d, kept as a readable reference; the fit and
+    transform use the fused kernels below.
     """
     # stabilised activation factor: the max over patterns cancels in P
     EVt = np.exp((ElnV - ElnV.max(axis=1, keepdims=True)) / T)
@@ -87,6 +104,105 @@ def _responsibility_sums(
     if over == "frequency":
         return EVt * np.matmul(EWt, R.transpose(0, 2, 1))
     return EWt[None] * np.matmul(EVt, R)
+
+
+# -- fused kernels ----------------------------------------------------------
+#
+# One spectrogram at a time, so that its buffers stay in the L2 cache through
+# all iterations, with time padded to Mp, a whole number of SIMD vectors. Per
+# iteration: one compiled pass over the K x Mp activations (update V1,
+# digamma, minus ln V2, max over patterns, exp), and the two products of
+# ALGORITHM.md §1d through NumPy's BLAS with one compiled pass for
+# R = X / Z between them. The padding frames hold X = 0, so R = 0 there and
+# they add exact zeros to every sum. A spectrogram's result does not depend
+# on the others in the block: each runs the same instructions on buffers of
+# the same shape and alignment.
+
+
+@numba.njit(cache=True, nogil=True)
+def _activation_factors(
+    V1: np.ndarray,
+    Q: np.ndarray,
+    EVt: np.ndarray,
+    log_V2: np.ndarray,
+    h01: float,
+    inv_T: float,
+    update: bool,
+    annealed: bool,
+    subtract_log_V2: bool,
+    n_time_padded: int,
+) -> None:
+    # flat (K, Mp) arrays. If update, V1 = 1 + (h01 + EVt Q - 1) / T
+    # (annealed) or h01 + EVt Q; then EVt = exp((ElnV - max_k ElnV) / T)
+    # with ElnV = psi(V1) [- ln V2]
+    one = vsplat(1.0)
+    prior = vsplat(h01)
+    inv_t = vsplat(inv_T)
+    for m in range(0, n_time_padded, LANES):
+        top = vsplat(-np.inf)
+        for k in range(log_V2.size):
+            at = k * n_time_padded + m
+            if update:
+                s = vmul(vload(EVt, at), vload(Q, at))
+                if annealed:
+                    v = vfma(vsub(vadd(prior, s), one), inv_t, one)
+                else:
+                    v = vadd(prior, s)
+                vstore(V1, at, v)
+            else:
+                v = vload(V1, at)
+            e = digamma_lanes(v)
+            if subtract_log_V2:
+                e = vsub(e, vsplat(log_V2[k]))
+            vstore(EVt, at, e)
+            top = vmax(top, e)
+        for k in range(log_V2.size):
+            at = k * n_time_padded + m
+            vstore(EVt, at, vexp(vmul(vsub(vload(EVt, at), top), inv_t)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _data_ratio(Xp: np.ndarray, Zt: np.ndarray) -> None:
+    # Zt <- X / max(Z, tiny), element-wise over flat (D, Mp) arrays
+    tiny = vsplat(_TINY)
+    for i in range(0, Zt.size, LANES):
+        vstore(Zt, i, vdiv(vload(Xp, i), vmax(vload(Zt, i), tiny)))
+
+
+class _Workspace:
+    """Buffers of one spectrogram, reused for every spectrogram of a block.
+
+    ``Xp`` and ``Zt`` are (D, Mp); ``V1``, ``Q`` and ``EVt`` are flat
+    (K, Mp) with 2-D views ``Q2`` and ``EVt2``; all start on 64-byte
+    boundaries.
+    """
+
+    def __init__(self, n_frequency: int, n_patterns: int, n_time: int):
+        Mp = -(-n_time // LANES) * LANES
+        self.n_time = n_time
+        self.n_time_padded = Mp
+        self.Xp = aligned_empty((n_frequency, Mp))
+        self.Xp[:, n_time:] = 0.0
+        self.Zt = aligned_empty((n_frequency, Mp))
+        self.V1 = aligned_empty(n_patterns * Mp)
+        self.Q = aligned_empty(n_patterns * Mp)
+        self.EVt = aligned_empty(n_patterns * Mp)
+        self.Q2 = self.Q.reshape(n_patterns, Mp)
+        self.EVt2 = self.EVt.reshape(n_patterns, Mp)
+
+    def load(self, X: np.ndarray) -> None:
+        """Copy one spectrogram (D, M) in; the padding frames stay zero."""
+        self.Xp[:, : self.n_time] = X
+
+    def ratio(self, EWt_T: np.ndarray) -> None:
+        """``Zt = X / (EWt^T EVt)``, the data over its expected value (D, Mp)."""
+        np.matmul(EWt_T, self.EVt2, out=self.Zt)
+        _data_ratio(self.Xp.reshape(-1), self.Zt.reshape(-1))
+
+    def responsibility_pass(self, EWt: np.ndarray, EWt_T: np.ndarray) -> None:
+        """``Q = EWt Zt``, so that ``sum_d P[k,m,d] X[d,m] = EVt Q``."""
+        self.ratio(EWt_T)
+        np.matmul(EWt, self.Zt, out=self.Q2)
 
 
 def fit_local_step(
@@ -119,27 +235,40 @@ def fit_local_step(
         ``sum_m E[V][k,m]`` per spectrogram.
     """
     X = np.asarray(X, dtype=np.float64)
-    n_window, _, n_time = X.shape
+    n_window, n_frequency, n_time = X.shape
     n_patterns = ElnWA.shape[1]
     L = (ElnWA - ElnWA.max(axis=1, keepdims=True)).T
     EWt = np.ascontiguousarray(np.exp(L / T))
-    V2 = V2 / T
-    log_V2 = np.log(V2)[None, :, None]
-
-    # coordinate ascent on the activations; the first pass omits ln V2
+    EWt_T = EWt.T
+    V2 = np.ascontiguousarray(V2 / T, dtype=np.float64)
+    log_V2 = np.log(V2)
+    inv_T = 1.0 / T
     n_iter = int(10 + np.round(1 + 5 * (T - 1)) - 1)
-    V1 = np.full((n_window, n_patterns, n_time), 1.0 / n_patterns)
-    for i in range(n_iter):
-        ElnV = digamma(V1)
-        if i > 0:
-            ElnV -= log_V2
-        S = _responsibility_sums(X, EWt, ElnV, T, over="frequency")
-        V1 = 1.0 + (h01 + S - 1.0) / T
 
-    # statistics of the final responsibilities
-    ElnV = digamma(V1) - log_V2
-    pattern_stat = _responsibility_sums(X, EWt, ElnV, T, over="time")
-    activation_stat = np.sum(V1 / V2[None, :, None], axis=2)
+    pattern_stat = np.empty((n_window, n_patterns, n_frequency))
+    activation_stat = np.empty((n_window, n_patterns))
+    ws = _Workspace(n_frequency, n_patterns, n_time)
+    Mp = ws.n_time_padded
+    for b in range(n_window):
+        ws.load(X[b])
+
+        # coordinate ascent on the activations; the first pass omits ln V2
+        ws.V1[:] = 1.0 / n_patterns
+        for i in range(n_iter):
+            _activation_factors(
+                ws.V1, ws.Q, ws.EVt, log_V2, h01, inv_T, i > 0, True, i > 0, Mp
+            )
+            ws.responsibility_pass(EWt, EWt_T)
+
+        # statistics of the final responsibilities
+        _activation_factors(
+            ws.V1, ws.Q, ws.EVt, log_V2, h01, inv_T, n_iter > 0, True, True, Mp
+        )
+        ws.ratio(EWt_T)
+        np.matmul(ws.EVt2, ws.Zt.T, out=pattern_stat[b])
+        pattern_stat[b] *= EWt
+        V1 = ws.V1.reshape(n_patterns, Mp)[:, :n_time]
+        activation_stat[b] = np.sum(V1 / V2[:, None], axis=1)
     return pattern_stat, activation_stat
 
 
@@ -158,16 +287,30 @@ def transform_block(
         ``E[V] = V1 / V2``.
     """
     X = np.asarray(X, dtype=np.float64)
-    n_window, _, n_time = X.shape
+    n_window, n_frequency, n_time = X.shape
     n_patterns = ElnWA.shape[1]
     EWt = np.ascontiguousarray(np.exp((ElnWA - ElnWA.max(axis=1, keepdims=True)).T))
-    log_V2 = np.log(V2)[None, :, None]
+    EWt_T = EWt.T
+    V2 = np.ascontiguousarray(V2, dtype=np.float64)
+    log_V2 = np.log(V2)
 
-    V1 = np.ones((n_window, n_patterns, n_time))
-    for _ in range(n_iter):
-        ElnV = digamma(V1) - log_V2
-        V1 = h01 + _responsibility_sums(X, EWt, ElnV, 1.0, over="frequency")
-    return V1 / V2[None, :, None]
+    V = np.empty((n_window, n_patterns, n_time))
+    ws = _Workspace(n_frequency, n_patterns, n_time)
+    Mp = ws.n_time_padded
+    for b in range(n_window):
+        ws.load(X[b])
+        ws.V1[:] = 1.0
+        for i in range(n_iter):
+            _activation_factors(
+                ws.V1, ws.Q, ws.EVt, log_V2, h01, 1.0, i > 0, False, True, Mp
+            )
+            ws.responsibility_pass(EWt, EWt_T)
+        if n_iter > 0:
+            V1 = h01 + (ws.EVt2 * ws.Q2)[:, :n_time]
+        else:
+            V1 = ws.V1.reshape(n_patterns, Mp)[:, :n_time]
+        np.divide(V1, V2[:, None], out=V[b])
+    return V
 
 
 def temperature(step: int) -> float:
