@@ -32,6 +32,8 @@ import numpy as np
 from specufex_dask.kernels._simd import (
     LANES,
     aligned_empty,
+    flush_subnormals,
+    restore_subnormals,
     vadd,
     vdiv,
     vexp,
@@ -491,6 +493,7 @@ def _corrected_batch(
     scale = work[at + 4 * SW : at + 4 * SW + n_time * LANES]
 
     one = vsplat(1.0)
+    previous = flush_subnormals()
     for group in range(-(-n_window // LANES)):
         _likelihood_lanes(log_pr, offset, group, n_padded, pr)
 
@@ -536,6 +539,7 @@ def _corrected_batch(
                 for j in range(n_states):
                     adir_out[b, s, j] = adir[(s * n_padded + j) * LANES + lane]
                 pdir_out[b, s] = pdir[s * LANES + lane]
+    restore_subnormals(previous)
 
 
 def _corrected_local_step(
