@@ -24,23 +24,29 @@ from specufex_dask import dims, store
 
 @dataclass(frozen=True)
 class StoreSpec:
-    """Everything a worker needs to read rows of one variable of a store."""
+    """Everything a worker needs to read rows of one variable of a store.
+
+    ``storage_options`` is a :class:`~specufex_dask.store.FrozenOptions`:
+    hashable, and never shown by the repr (it may hold credentials).
+    """
 
     path: str
     variable: str
     chunk_size: int
-    storage_options: tuple = ()
+    storage_options: tuple = field(default=store.FrozenOptions(), repr=False)
 
     @property
     def options(self) -> dict:
-        return dict(self.storage_options)
+        return store.FrozenOptions(self.storage_options).to_dict()
 
 
 @functools.lru_cache(maxsize=16)
 def _open_variable(spec: StoreSpec):
     import zarr
 
-    group = zarr.open_group(spec.path, mode="r", storage_options=spec.options or None)
+    group = zarr.open_group(
+        spec.path, mode="r", storage_options=store.url_options(spec.path, spec.options)
+    )
     return group[spec.variable], group[dims.WINDOW]
 
 
@@ -194,7 +200,7 @@ def as_source(
             path=path,
             variable=variable,
             chunk_size=int(chunks[0]),
-            storage_options=tuple(sorted((storage_options or {}).items())),
+            storage_options=store.FrozenOptions(storage_options or {}),
         )
         source = Source(
             shape=tuple(int(n) for n in da.shape),

@@ -52,7 +52,18 @@ def write_model(
         with tempfile.TemporaryDirectory() as tmp:
             local = os.path.join(tmp, "model.nc")
             ds.to_netcdf(local, engine="netcdf4")
-            fs.put_file(local, remote)
+            try:
+                fs.put_file(local, remote)
+            except FileNotFoundError as exc:  # a missing bucket, typically
+                raise FileNotFoundError(
+                    f"cannot write the model file {path!r} ({exc}); check that "
+                    "its bucket exists"
+                ) from exc
+            except PermissionError as exc:
+                raise PermissionError(
+                    f"writing the model file {path!r} was refused ({exc}); check "
+                    "the credentials in storage_options or the environment"
+                ) from exc
         return
 
     folder = os.path.dirname(os.path.abspath(path))

@@ -573,7 +573,7 @@ def _write_labels(
     storage_options: Mapping | None,
 ) -> None:
     kind, path = target
-    options = dict(storage_options) if storage_options else None
+    options = store.url_options(path, storage_options)
     da = result.to_dataarray()
 
     if kind == "store":

@@ -113,7 +113,7 @@ def _transform_chunk(
     build: Callable,
     in_spec: StoreSpec,
     out: str,
-    out_options: tuple,
+    out_options: store.FrozenOptions,
     chunk_index: int,
     n_rows: int,
     what: str,
@@ -122,7 +122,7 @@ def _transform_chunk(
     check_values(values, ids, what)
     block = build(kernel(shared, values))
     return store.write_region(
-        out, block, chunk_index, in_spec.chunk_size, dict(out_options) or None
+        out, block, chunk_index, in_spec.chunk_size, out_options.to_dict() or None
     )
 
 
@@ -147,7 +147,7 @@ def _run_chunks(
         (
             source.spec,
             out,
-            tuple(sorted((storage_options or {}).items())),
+            store.FrozenOptions(storage_options or {}),
             c,
             min(size, n_window - c * size),
             what,

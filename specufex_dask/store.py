@@ -16,13 +16,16 @@ A re-run of an interrupted job calls :func:`completed_chunks` and writes only
 the missing regions; two tasks never write the same chunk.
 
 Paths may be local paths or fsspec URLs (``s3://``, ``gs://``, ``memory://``
-…) with ``storage_options``.
+…) with ``storage_options``; the options apply to URLs only (a local path
+ignores them), so one set of options serves a run that reads from a bucket
+and writes to a local folder, or the other way round.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,6 +48,75 @@ class StoreError(ValueError):
     """A store is missing, incomplete, or does not follow the storage contract."""
 
 
+def is_url(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an fsspec URL (``s3://…``, ``file://…``), not a path."""
+    return "://" in os.fspath(path)
+
+
+def url_options(
+    path: str | os.PathLike, storage_options: Mapping | None
+) -> dict | None:
+    """The ``storage_options`` to hand to Zarr and xarray for ``path``.
+
+    The options of a URL, and None for a local path: Zarr refuses options
+    with a local path, and they are meant for the object store anyway.
+    """
+    if not storage_options or not is_url(path):
+        return None
+    return dict(storage_options)
+
+
+class FrozenOptions(tuple):
+    """Storage options as a hashable value whose repr hides them.
+
+    Tasks carry the options to the workers, and the options may hold
+    credentials: whatever shows a task's arguments (an error report, a
+    debugger) shows none of them. Nested mappings are frozen too, so the
+    value can key a cache. Built from a mapping or from ``(key, value)``
+    pairs; :meth:`to_dict` gives the options back.
+
+    Examples
+    --------
+    >>> frozen = FrozenOptions({"anon": True, "client_kwargs": {"region_name": "eu"}})
+    >>> frozen
+    FrozenOptions(<2 hidden>)
+    >>> frozen.to_dict()
+    {'anon': True, 'client_kwargs': {'region_name': 'eu'}}
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, options: Mapping | Any = ()):
+        pairs = options.items() if isinstance(options, Mapping) else options
+        return super().__new__(cls, sorted((str(k), _freeze(v)) for k, v in pairs))
+
+    def to_dict(self) -> dict:
+        return {key: _thaw(value) for key, value in self}
+
+    def __repr__(self) -> str:
+        return f"FrozenOptions(<{len(self)} hidden>)"
+
+    __str__ = __repr__
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, FrozenOptions):
+        return value
+    if isinstance(value, Mapping):
+        return FrozenOptions(value)
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, FrozenOptions):
+        return value.to_dict()
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
 def _fs_and_path(path: str | os.PathLike, storage_options: Mapping | None):
     fs, _, paths = fsspec.get_fs_token_paths(
         os.fspath(path), storage_options=dict(storage_options or {})
@@ -52,12 +124,29 @@ def _fs_and_path(path: str | os.PathLike, storage_options: Mapping | None):
     return fs, paths[0]
 
 
+def _refused(path: str | os.PathLike, exc: BaseException) -> PermissionError:
+    return PermissionError(
+        f"access to {os.fspath(path)!r} was refused ({exc}); check the credentials "
+        "(storage_options or the environment, such as AWS_ACCESS_KEY_ID) and "
+        "that they may use this bucket; anon=True reads public buckets only"
+    )
+
+
 def store_exists(
     path: str | os.PathLike, storage_options: Mapping | None = None
 ) -> bool:
-    """Whether anything exists at ``path`` (a file, a folder or a prefix)."""
+    """Whether anything exists at ``path`` (a file, a folder or a prefix).
+
+    Raises
+    ------
+    PermissionError
+        If the object store refuses to say, naming ``path``.
+    """
     fs, root = _fs_and_path(path, storage_options)
-    return fs.exists(root)
+    try:
+        return fs.exists(root)
+    except PermissionError as exc:
+        raise _refused(path, exc) from exc
 
 
 def check_output_path(
@@ -92,7 +181,9 @@ def open_store(
     Raises
     ------
     FileNotFoundError
-        If nothing exists at ``path``.
+        If nothing exists at ``path`` (a missing bucket included).
+    PermissionError
+        If the object store refuses access.
     StoreError
         If ``path`` exists but is not a Zarr store.
     """
@@ -104,10 +195,12 @@ def open_store(
     try:
         return xr.open_zarr(
             os.fspath(path),
-            storage_options=dict(storage_options) if storage_options else None,
+            storage_options=url_options(path, storage_options),
             consolidated=None,
             chunks={},
         )
+    except PermissionError as exc:
+        raise _refused(path, exc) from exc
     except (ValueError, KeyError, OSError, zarr.errors.BaseZarrError) as exc:
         raise StoreError(
             f"{os.fspath(path)!r} is not a readable Zarr store ({exc}); give the "
@@ -161,17 +254,51 @@ def create_store(
         if name != DONE_VAR
     }
     encoding[DONE_VAR] = {"chunks": (1,)}
+    if not is_url(path):
+        _write_new_store(os.fspath(path), ds, encoding)
+        return
+
+    # in an object store, writing the metadata of each variable in place
+    # costs listings and reads of its own (hundreds of requests for a store
+    # with many coordinates): write the new store to a local folder instead
+    # and upload its files in one batch
+    fs, root = _fs_and_path(path, storage_options)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "store.zarr")
+        _write_new_store(local, ds, encoding)
+        files = sorted(
+            os.path.join(folder, name)
+            for folder, _, names in os.walk(local)
+            for name in names
+        )
+        targets = [
+            f"{root}/{os.path.relpath(f, local).replace(os.sep, '/')}" for f in files
+        ]
+        try:
+            if fs.exists(root):
+                fs.rm(root, recursive=True)
+            fs.put(files, targets)
+        except FileNotFoundError as exc:  # a missing bucket, typically
+            raise FileNotFoundError(
+                f"cannot create the store {os.fspath(path)!r} ({exc}); check that "
+                "its bucket exists"
+            ) from exc
+        except PermissionError as exc:
+            raise _refused(path, exc) from exc
+
+
+def _write_new_store(path: str, ds: xr.Dataset, encoding: dict) -> None:
+    """Metadata, coordinates and a zeroed completion array, in a local folder."""
     ds.to_zarr(
-        os.fspath(path),
+        path,
         mode="w",
         compute=False,
         encoding=encoding,
-        storage_options=dict(storage_options) if storage_options else None,
         consolidated=True,
         zarr_format=2,
     )
     # the completion array must hold real zeros, not the fill value only
-    _done_array(path, storage_options)[:] = 0
+    _done_array(path, None)[:] = 0
 
 
 def _chunks_for(var: xr.DataArray, chunk_size: int) -> tuple[int, ...]:
@@ -182,18 +309,14 @@ def _done_array(
     path: str | os.PathLike, storage_options: Mapping | None, mode: str = "r+"
 ):
     group = zarr.open_group(
-        os.fspath(path),
-        mode=mode,
-        storage_options=dict(storage_options) if storage_options else None,
+        os.fspath(path), mode=mode, storage_options=url_options(path, storage_options)
     )
     return group[DONE_VAR]
 
 
 def _n_window(path: str | os.PathLike, storage_options: Mapping | None) -> int:
     group = zarr.open_group(
-        os.fspath(path),
-        mode="r",
-        storage_options=dict(storage_options) if storage_options else None,
+        os.fspath(path), mode="r", storage_options=url_options(path, storage_options)
     )
     return int(group[dims.WINDOW].shape[0])
 
@@ -233,11 +356,14 @@ def write_region(
         d: slice(start, stop) if d == dims.WINDOW else slice(None)
         for d in data_only.dims
     }
+    # array metadata comes from the consolidated record that create_store
+    # wrote (fixed while regions are written): one read instead of a listing
+    # and two reads per variable, which an object store charges by the request
     data_only.to_zarr(
         os.fspath(path),
         region=region,
-        storage_options=dict(storage_options) if storage_options else None,
-        consolidated=False,
+        storage_options=url_options(path, storage_options),
+        consolidated=None,
     )
     # completion last: a region is only ever marked done after its data
     _done_array(path, storage_options)[chunk_index] = 1
@@ -258,9 +384,7 @@ def finalize_store(
             f"{' …' if missing.size > 10 else ''}; re-run to finish them"
         )
     group = zarr.open_group(
-        os.fspath(path),
-        mode="r+",
-        storage_options=dict(storage_options) if storage_options else None,
+        os.fspath(path), mode="r+", storage_options=url_options(path, storage_options)
     )
     group.attrs.update(dict(attrs or {}))
     group.attrs[COMPLETE_ATTR] = 1
