@@ -409,8 +409,71 @@ def _posteriors_lanes(
                 vstore(beta, at, vmul(vmul(vload(beta, at), vload(pr, at)), w))
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _outer5(w, x, c):
+    # c_i += x_i w: one column of a 5 x 5 block of the outer-product sum
+    return (
+        vfma(x[0], w, c[0]),
+        vfma(x[1], w, c[1]),
+        vfma(x[2], w, c[2]),
+        vfma(x[3], w, c[3]),
+        vfma(x[4], w, c[4]),
+    )
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _store_counts5(adir, a, at, stride, tau, c):
+    # Adir = tau + a G for the five rows of one column of a block
+    vstore(adir, at, vfma(vload(a, at), c[0], tau))
+    vstore(adir, at + stride, vfma(vload(a, at + stride), c[1], tau))
+    vstore(adir, at + 2 * stride, vfma(vload(a, at + 2 * stride), c[2], tau))
+    vstore(adir, at + 3 * stride, vfma(vload(a, at + 3 * stride), c[3], tau))
+    vstore(adir, at + 4 * stride, vfma(vload(a, at + 4 * stride), c[4], tau))
+
+
 @numba.njit(cache=True, nogil=True)
-def _transition_counts_lanes(
+def _transition_counts_fast(
+    a: np.ndarray,
+    alpha: np.ndarray,
+    weight: np.ndarray,
+    adir: np.ndarray,
+    tau_a: float,
+    n_padded: int,
+    n_time: int,
+) -> None:
+    # Adir = tau_A + a * G, G = sum_m alpha_hat(m-1) (x) w(m), one 5 x 5
+    # register block of G at a time (one instruction per term)
+    SW = n_padded * LANES
+    tau = vsplat(tau_a)
+    zero = vsplat(0.0)
+    for ib in range(0, n_padded, _BLOCK):
+        for jb in range(0, n_padded, _BLOCK):
+            c0 = c1 = c2 = c3 = c4 = (zero, zero, zero, zero, zero)
+            for m in range(1, n_time):
+                xo = (m - 1) * SW + ib * LANES
+                x = (
+                    vload(alpha, xo),
+                    vload(alpha, xo + LANES),
+                    vload(alpha, xo + 2 * LANES),
+                    vload(alpha, xo + 3 * LANES),
+                    vload(alpha, xo + 4 * LANES),
+                )
+                wo = m * SW + jb * LANES
+                c0 = _outer5(vload(weight, wo), x, c0)
+                c1 = _outer5(vload(weight, wo + LANES), x, c1)
+                c2 = _outer5(vload(weight, wo + 2 * LANES), x, c2)
+                c3 = _outer5(vload(weight, wo + 3 * LANES), x, c3)
+                c4 = _outer5(vload(weight, wo + 4 * LANES), x, c4)
+            at = (ib * n_padded + jb) * LANES
+            _store_counts5(adir, a, at, SW, tau, c0)
+            _store_counts5(adir, a, at + LANES, SW, tau, c1)
+            _store_counts5(adir, a, at + 2 * LANES, SW, tau, c2)
+            _store_counts5(adir, a, at + 3 * LANES, SW, tau, c3)
+            _store_counts5(adir, a, at + 4 * LANES, SW, tau, c4)
+
+
+@numba.njit(cache=True, nogil=True)
+def _transition_counts_running(
     a: np.ndarray,
     alpha: np.ndarray,
     weight: np.ndarray,
@@ -524,9 +587,13 @@ def _corrected_batch(
             )
             for i in range(n_states):
                 vstore(pdir, i * LANES, vadd(vsplat(tau_pi), vload(gamma, i * LANES)))
-            _transition_counts_lanes(
-                a, alpha, beta, adir, tau_a, n_states, n_padded, n_time
-            )
+            if it < n_inner - 1:
+                _transition_counts_fast(a, alpha, beta, adir, tau_a, n_padded, n_time)
+            else:
+                # the returned counts add frame by frame, as the literal does
+                _transition_counts_running(
+                    a, alpha, beta, adir, tau_a, n_states, n_padded, n_time
+                )
 
         # lanes back to sequences
         for lane in range(LANES):
