@@ -11,7 +11,9 @@ store.
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +22,42 @@ import numpy as np
 import xarray as xr
 
 from specufex_dask import dims, store
+
+logger = logging.getLogger(__name__)
+
+#: attempts at reading one block before a transient error becomes final
+READ_ATTEMPTS = 4
+#: seconds before the first retry of a read; doubled before each further one
+READ_BACKOFF_S = 0.25
+
+#: I/O errors that say something permanent about the path: never retried
+_PERMANENT_IO_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+
+class StoreReadError(OSError, store.StoreError):
+    """Reading a store failed, and kept failing after every retry.
+
+    A :class:`~specufex_dask.store.StoreError` (bad input for the command
+    line) and an :class:`OSError` (an I/O failure for everyone else).
+    """
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether an error may go away when the same I/O is tried again.
+
+    Time-outs and the other :class:`OSError` of a network filesystem (fsspec
+    turns dropped connections and throttling into these) are transient;
+    missing paths, refused permissions and errors already retried are not.
+    """
+    return isinstance(exc, OSError) and not isinstance(
+        exc, _PERMANENT_IO_ERRORS + (StoreReadError,)
+    )
 
 
 @dataclass(frozen=True)
@@ -56,13 +94,48 @@ def read_rows(
     """Read the given rows (offsets within one chunk) of a stored variable.
 
     Returns the values as float64 and the window ids of those rows.
+    Transient I/O errors (time-outs, dropped connections of an object store)
+    are retried up to :data:`READ_ATTEMPTS` times with a doubling pause.
+
+    Raises
+    ------
+    StoreReadError
+        When every attempt failed; the message names the store's URL.
     """
-    array, window = _open_variable(spec)
-    start = chunk_index * spec.chunk_size
-    stop = min(start + spec.chunk_size, array.shape[0])
-    block = np.asarray(array[start:stop], dtype=np.float64)
-    ids = np.asarray(window[start:stop])
-    return block[rows], ids[rows]
+    attempt = 1
+    while True:
+        try:
+            array, window = _open_variable(spec)
+            start = chunk_index * spec.chunk_size
+            stop = min(start + spec.chunk_size, array.shape[0])
+            block = np.asarray(array[start:stop], dtype=np.float64)
+            ids = np.asarray(window[start:stop])
+            return block[rows], ids[rows]
+        except OSError as exc:
+            if not is_transient(exc) or attempt == READ_ATTEMPTS:
+                raise StoreReadError(
+                    f"could not read chunk {chunk_index} of {spec.variable!r} from "
+                    f"{spec.path!r} after {attempt} attempt(s) "
+                    f"({type(exc).__name__}: {exc}); check that the store is "
+                    "reachable and readable with these storage_options"
+                ) from exc
+
+            # transient: wait, doubling the pause each time, and read again
+            pause = READ_BACKOFF_S * 2 ** (attempt - 1)
+            logger.warning(
+                "reading chunk %d of %r from %r failed (%s: %s); retry %d of %d "
+                "in %.2g s",
+                chunk_index,
+                spec.variable,
+                spec.path,
+                type(exc).__name__,
+                exc,
+                attempt,
+                READ_ATTEMPTS - 1,
+                pause,
+            )
+            time.sleep(pause)
+            attempt += 1
 
 
 def _plain(value: Any) -> Any:
@@ -135,11 +208,19 @@ class Source:
         return self.shape[0]
 
     def read(self, indices: np.ndarray) -> np.ndarray:
-        """Rows at sorted ``indices`` as float64, read here."""
+        """Rows at sorted ``indices`` as float64, read here.
+
+        Rows of a store are checked with :func:`check_values` as they are
+        read (in-memory input was checked whole by :func:`as_source`), so
+        no caller meets an unchecked window: held-out windows, the sample
+        that seeds initial rates and faithful-mode steps included.
+        """
         if self.values is not None:
             return np.asarray(self.values[indices], dtype=np.float64)
         parts = [read_rows(self.spec, c, rows)[0] for c, rows in self.plan(indices)]
-        return np.concatenate(parts, axis=0)
+        values = np.concatenate(parts, axis=0)
+        check_values(values, self.window[indices], self.spec.variable)
+        return values
 
     def plan(self, indices: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """Group sorted ``indices`` by chunk: ``[(chunk_index, offsets), …]``."""

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
+
+#: seconds before an in-process task is first tried again; doubled each time
+RETRY_PAUSE_S = 0.5
 
 
 class Progress(Protocol):
@@ -137,13 +141,24 @@ def run_tasks(
     -------
     list
         The tasks' results, in the order of ``arguments``.
+
+    Notes
+    -----
+    A failed task is tried again up to ``specufex-dask.retries`` times (Dask
+    config, default 2). On a cluster Dask retries it after any error, and
+    reruns the tasks of a worker that died; here only transient I/O errors
+    (:func:`specufex_dask._data.is_transient`) are retried, after a pause
+    that doubles each time, since any other error would only repeat.
     """
+    from specufex_dask import config_dask
+
     shared = list(shared)
     n_total = len(arguments)
+    retries = int(config_dask.get("retries"))
     if client is None:
         results = []
         for i, args in enumerate(arguments):
-            results.append(func(*shared, *args))
+            results.append(_run_here(func, shared, args, retries, f"{stage} task {i}"))
             if progress is not None:
                 progress(i + 1, n_total, stage)
         return results
@@ -151,9 +166,6 @@ def run_tasks(
     import dask
     from distributed import as_completed
 
-    from specufex_dask import config_dask
-
-    retries = int(config_dask.get("retries"))
     prefix = (key or stage or func.__name__).replace(" ", "-")
     token = dask.base.tokenize(func, shared, arguments)
     shared_futures = [
@@ -179,6 +191,33 @@ def run_tasks(
     finally:
         for future in futures + shared_futures:
             future.release()
+
+
+def _run_here(
+    func: Callable[..., Any], shared: list, args: tuple, retries: int, name: str
+) -> Any:
+    """``func(*shared, *args)`` in this process, retried on transient I/O errors."""
+    from specufex_dask._data import is_transient
+
+    attempt = 0
+    while True:
+        try:
+            return func(*shared, *args)
+        except OSError as exc:
+            if attempt >= retries or not is_transient(exc):
+                raise
+            pause = RETRY_PAUSE_S * 2**attempt
+            attempt += 1
+            logger.warning(
+                "%s failed (%s: %s); retry %d of %d in %.2g s",
+                name.strip(),
+                type(exc).__name__,
+                exc,
+                attempt,
+                retries,
+                pause,
+            )
+            time.sleep(pause)
 
 
 def _identity(value: Any) -> Any:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import dask.array as da
+import fsspec
 import numpy as np
 import xarray as xr
 
@@ -60,6 +61,56 @@ def _plan_hash(*parts: Any) -> str:
             else repr(part).encode()
         )
     return h.hexdigest()[:16]
+
+
+def _location(path: str | os.PathLike, storage_options: Mapping | None) -> tuple:
+    """``(protocol, absolute path)`` of a local path or fsspec URL."""
+    path = os.fspath(path)
+    options = dict(storage_options or {}) if "://" in path else {}
+    fs, root = fsspec.core.url_to_fs(path, **options)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("file", "local"):
+        root = os.path.realpath(root)
+    return protocol, root.rstrip("/")
+
+
+def check_not_input(
+    out: str | os.PathLike,
+    inputs: Mapping[str, Any],
+    *,
+    storage_options: Mapping | None = None,
+    what: str = "output store",
+) -> None:
+    """Refuse an output path that is an input, or holds one, or lies in one.
+
+    An output is removed before it is written again (``overwrite``); were it
+    an input, or a folder holding one, the input would be lost.
+
+    Parameters
+    ----------
+    out : str or path
+        The output about to be written.
+    inputs : mapping
+        ``{description: path}`` of the inputs; entries that are not paths
+        (a model object, an array) are ignored.
+    """
+    protocol, target = _location(out, storage_options)
+    for name, path in inputs.items():
+        if not isinstance(path, str | os.PathLike):
+            continue
+        other_protocol, source = _location(path, storage_options)
+        if other_protocol != protocol:
+            continue
+        if target == source or source.startswith(target + "/"):
+            relation = "is" if target == source else "holds"
+        elif target.startswith(source + "/"):
+            relation = "lies inside"
+        else:
+            continue
+        raise ValueError(
+            f"{what} {os.fspath(out)!r} {relation} the {name} {os.fspath(path)!r}; "
+            "writing it there could destroy the input: choose another output path"
+        )
 
 
 def _prepare_output(
@@ -228,6 +279,12 @@ def fit_nmf(
     checked before fitting, so an existing one fails fast.
     """
     if model_out is not None:
+        check_not_input(
+            model_out,
+            {"spectrogram store": spectrograms, "checkpoint folder": checkpoint},
+            storage_options=storage_options,
+            what="model file",
+        )
         store.check_output_path(
             model_out,
             overwrite=overwrite,
@@ -265,6 +322,12 @@ def fit_hmm(
     The NMF gain is read from the activation store unless ``gain`` is given.
     """
     if model_out is not None:
+        check_not_input(
+            model_out,
+            {"activation store": activations, "checkpoint folder": checkpoint},
+            storage_options=storage_options,
+            what="model file",
+        )
         store.check_output_path(
             model_out,
             overwrite=overwrite,
@@ -315,7 +378,21 @@ def transform_nmf(
     -------
     str
         ``out``.
+
+    Raises
+    ------
+    ValueError
+        If ``out`` is, holds or lies inside the input store or the model
+        file (checked first, so that ``overwrite`` never removes an input).
+    FileExistsError
+        If ``out`` exists, is not an unfinished run of the same transform,
+        and ``overwrite`` is False.
     """
+    check_not_input(
+        out,
+        {"spectrogram store": spectrograms, "model file": model},
+        storage_options=storage_options,
+    )
     model = _as_model(model, BayesianNonparametricNMF, storage_options)
     model._check_fitted()
     source = as_source(spectrograms, dims.SPECTROGRAM, storage_options=storage_options)
@@ -389,8 +466,13 @@ def transform_hmm(
     The output store holds ``fingerprint`` and ``transition`` (dims
     ``("window", "state", "next_state")``) and ``state_probability`` (dims
     ``("window", "state", "time")``) with the input's per-window
-    coordinates and chunking.
+    coordinates and chunking. Raises as :func:`transform_nmf` does.
     """
+    check_not_input(
+        out,
+        {"activation store": activations, "model file": model},
+        storage_options=storage_options,
+    )
     model = _as_model(model, BayesianHMM, storage_options)
     model._check_fitted()
     source = as_source(activations, dims.ACTIVATION, storage_options=storage_options)
