@@ -846,7 +846,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _finish(
         p,
-        [dask_flags, overwrite, _seed_flag("the subset, fits and k-means")],
+        [dask_flags, storage, overwrite, _seed_flag("the subset, fits and k-means")],
         func=cmd_example,
     )
 
@@ -1298,8 +1298,10 @@ def cmd_run(args: argparse.Namespace, progress: ProgressBars) -> int:
 def cmd_example(args: argparse.Namespace, progress: ProgressBars) -> int:
     from specufex_dask.example import check_outputs, example_config, run_example
 
+    options = _options(args)
     check_outputs(
-        example_config(args.output, quick=args.quick), overwrite=args.overwrite
+        example_config(args.output, quick=args.quick, storage_options=options),
+        overwrite=args.overwrite,
     )
     n_windows = args.n_windows or (120 if args.quick else 1176)
     with _client_of(args, n_windows) as client:
@@ -1311,6 +1313,7 @@ def cmd_example(args: argparse.Namespace, progress: ProgressBars) -> int:
             overwrite=args.overwrite,
             quick=args.quick,
             seed=0 if args.seed is None else args.seed,
+            storage_options=options,
         )
     print(format_summary(summary, title="SpecUFEx example (Piton de la Fournaise)"))
     return 0

@@ -818,6 +818,7 @@ def example_config(
     quick: bool = False,
     overwrite: bool = False,
     seed: int = 0,
+    storage_options: Mapping | None = None,
 ) -> RunConfig:
     """The run config of the example (the bundled windows stand in for paths).
 
@@ -828,6 +829,7 @@ def example_config(
     return load_config(
         {
             "output": os.fspath(output),
+            "storage_options": dict(storage_options or {}),
             "spectrograms": {
                 "source": "catalog",
                 "catalog": "<bundled>/catalog.csv",
@@ -878,6 +880,7 @@ def run_example(
     overwrite: bool = False,
     quick: bool = False,
     seed: int = 0,
+    storage_options: Mapping | None = None,
 ) -> dict:
     """Run the whole chain on the bundled Piton de la Fournaise windows.
 
@@ -906,6 +909,8 @@ def run_example(
         tests and a first look.
     seed : int, default=0
         Seed of the window subset, both models and k-means.
+    storage_options : mapping, optional
+        fsspec options when ``output`` is an object-store URL.
 
     Returns
     -------
@@ -926,7 +931,11 @@ def run_example(
     True
     """
     config = example_config(
-        os.fspath(output), quick=quick, overwrite=overwrite, seed=seed
+        os.fspath(output),
+        quick=quick,
+        overwrite=overwrite,
+        seed=seed,
+        storage_options=storage_options,
     )
     check_outputs(config, overwrite=overwrite)
 
@@ -975,6 +984,8 @@ def run_example(
 
     summary.update(quick=bool(quick), example_window=show)
     _write_text(
-        config.layout.summary, json.dumps(_plain(summary), indent=2) + "\n", None
+        config.layout.summary,
+        json.dumps(_plain(summary), indent=2) + "\n",
+        config.storage_options or None,
     )
     return summary

@@ -1325,7 +1325,7 @@ def _existing_state(
         group = zarr.open_group(
             out,
             mode="r",
-            storage_options=dict(storage_options) if storage_options else None,
+            storage_options=store.url_options(out, storage_options),
         )
         attrs = dict(group.attrs)
         if (
@@ -1406,7 +1406,7 @@ def _set_plan_hash(out: str, plan_hash: str, storage_options: Mapping | None) ->
     group = zarr.open_group(
         out,
         mode="r+",
-        storage_options=dict(storage_options) if storage_options else None,
+        storage_options=store.url_options(out, storage_options),
     )
     group.attrs[PLAN_HASH_ATTR] = plan_hash
     zarr.consolidate_metadata(group.store)

@@ -321,11 +321,6 @@ def test_s3_cli_run_writes_every_product_to_the_bucket(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="run_example takes no storage_options (example.py), so an s3:// output "
-    "of the worked example cannot name its endpoint or credentials",
-)
 def test_s3_example_writes_to_the_bucket(bucket, s3_options, s3fs_client) -> None:
     from specufex_dask.example import run_example
 
@@ -338,10 +333,6 @@ def test_s3_example_writes_to_the_bucket(bucket, s3_options, s3fs_client) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="`specufex-dask example` has no --storage-option flag (cli.py)",
-)
 def test_s3_cli_example_writes_to_the_bucket(
     bucket, s3_endpoint, s3fs_client, capsys
 ) -> None:
@@ -549,11 +540,6 @@ def test_storage_options_are_ignored_for_local_paths(tmp_path) -> None:
     assert store.open_store(fp, LOCAL_OPTIONS)[CLUSTER].sizes[dims.WINDOW] == 24
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="spectrogram.py hands storage_options to Zarr for a local output "
-    "(_existing_state, _set_plan_hash); Zarr refuses them there",
-)
 def test_spectrograms_to_a_local_folder_ignore_storage_options(
     tmp_path, catalog, recipe
 ) -> None:
