@@ -18,7 +18,7 @@ from specufex_dask._base import (
     check_int,
     resolve_seed,
 )
-from specufex_dask._data import Source, as_source, check_values
+from specufex_dask._data import Source, as_source
 from specufex_dask._svi import default_batch_size
 from specufex_dask.kernels import hmm as kernels
 from specufex_dask.kernels import scores
@@ -450,8 +450,6 @@ class BayesianHMM(SVIModel):
         for start in range(0, source.n_window, batch_size):
             idx = np.arange(start, min(start + batch_size, source.n_window))
             values = source.read(idx)
-            if source.values is None:
-                check_values(values, source.window[idx], self._what)
             parts.append(_transform_kernel(shared, values))
         out = HMMOutput(*(np.concatenate(p, axis=0) for p in zip(*parts, strict=True)))
         if isinstance(V, np.ndarray):

@@ -434,10 +434,6 @@ class BayesianNonparametricNMF(SVIModel):
         for start in range(0, source.n_window, batch_size):
             idx = np.arange(start, min(start + batch_size, source.n_window))
             values = source.read(idx)
-            if source.values is None:
-                from specufex_dask._data import check_values
-
-                check_values(values, source.window[idx], self._what)
             parts.append(_transform_kernel(shared, values))
         V = np.concatenate(parts, axis=0)
         if isinstance(X, np.ndarray):
