@@ -19,7 +19,6 @@ from specufex_dask._base import (
     resolve_seed,
 )
 from specufex_dask._data import Source, as_source
-from specufex_dask._svi import default_batch_size
 from specufex_dask.kernels import hmm as kernels
 from specufex_dask.kernels import scores
 
