@@ -261,8 +261,9 @@ def _lazy(shape: tuple, chunk_size: int, dtype: str) -> da.Array:
     return da.zeros(shape, chunks=(chunk_size, *shape[1:]), dtype=dtype)
 
 
-def fit_nmf(
-    spectrograms: Any,
+def fit_and_save(
+    cls: type,
+    data: Any,
     *,
     model_out: str | None = None,
     client=None,
@@ -271,17 +272,19 @@ def fit_nmf(
     storage_options: Mapping | None = None,
     checkpoint: str | None = None,
     checkpoint_every: int = 10,
+    on_step: Callable | None = None,
     **params: Any,
-) -> BayesianNonparametricNMF:
-    """Fit a :class:`BayesianNonparametricNMF` on a spectrogram store and save it.
+):
+    """Fit a model of class ``cls`` on ``data`` and save it to ``model_out``.
 
-    ``params`` are the model's constructor arguments. The model file is
-    checked before fitting, so an existing one fails fast.
+    The model file is checked before any work: it may not exist (unless
+    ``overwrite``) nor lie on the input or the checkpoint folder, so a
+    doomed fit fails fast and never replaces its own input.
     """
     if model_out is not None:
         check_not_input(
             model_out,
-            {"spectrogram store": spectrograms, "checkpoint folder": checkpoint},
+            {f"{cls._what} store": data, "checkpoint folder": checkpoint},
             storage_options=storage_options,
             what="model file",
         )
@@ -291,61 +294,39 @@ def fit_nmf(
             storage_options=storage_options,
             what="model file",
         )
-    model = BayesianNonparametricNMF(**params)
+    model = cls(**params)
     model.fit(
-        spectrograms,
+        data,
         client=client,
         progress=progress,
         checkpoint=checkpoint,
         checkpoint_every=checkpoint_every,
         storage_options=storage_options,
+        on_step=on_step,
     )
     if model_out is not None:
         model.save(model_out, overwrite=overwrite, storage_options=storage_options)
     return model
 
 
-def fit_hmm(
-    activations: Any,
-    *,
-    model_out: str | None = None,
-    client=None,
-    progress: Callable | None = None,
-    overwrite: bool = False,
-    storage_options: Mapping | None = None,
-    checkpoint: str | None = None,
-    checkpoint_every: int = 10,
-    **params: Any,
-) -> BayesianHMM:
-    """Fit a :class:`BayesianHMM` on an activation store and save it.
+def fit_nmf(spectrograms: Any, **kwargs: Any) -> BayesianNonparametricNMF:
+    """Fit a :class:`BayesianNonparametricNMF` on spectrograms and save it.
 
-    The NMF gain is read from the activation store unless ``gain`` is given.
+    Keyword arguments are those of :func:`fit_and_save` (``model_out``,
+    ``client``, ``progress``, ``overwrite``, ``storage_options``,
+    ``checkpoint``, ``checkpoint_every``, ``on_step``) and the model's
+    constructor arguments (``n_patterns``, ``n_steps``, ``random_state`` …).
     """
-    if model_out is not None:
-        check_not_input(
-            model_out,
-            {"activation store": activations, "checkpoint folder": checkpoint},
-            storage_options=storage_options,
-            what="model file",
-        )
-        store.check_output_path(
-            model_out,
-            overwrite=overwrite,
-            storage_options=storage_options,
-            what="model file",
-        )
-    model = BayesianHMM(**params)
-    model.fit(
-        activations,
-        client=client,
-        progress=progress,
-        checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every,
-        storage_options=storage_options,
-    )
-    if model_out is not None:
-        model.save(model_out, overwrite=overwrite, storage_options=storage_options)
-    return model
+    return fit_and_save(BayesianNonparametricNMF, spectrograms, **kwargs)
+
+
+def fit_hmm(activations: Any, **kwargs: Any) -> BayesianHMM:
+    """Fit a :class:`BayesianHMM` on activations and save it.
+
+    As :func:`fit_nmf`; the NMF gain is read from an activation store unless
+    ``gain`` is given.
+    """
+    return fit_and_save(BayesianHMM, activations, **kwargs)
 
 
 def transform_nmf(
