@@ -209,6 +209,4 @@ def measure(quick: bool) -> list[Ratio]:
         with threadpool_limits(1):
             return nmf_ratios(
                 n_block=16 if quick else 64, n_literal=1, rounds=rounds
-            ) + hmm_ratios(
-                n_block=64 if quick else 256, n_literal=2 if quick else 4, rounds=rounds
-            )
+            ) + hmm_ratios(n_block=64, n_literal=2 if quick else 4, rounds=rounds)

@@ -13,6 +13,7 @@ once into ``.benchmarks/`` and reused; outputs of the runs are deleted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import platform
@@ -172,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-kernels", action="store_true")
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument(
+        "--what-if",
+        choices=["grouped"],
+        default=None,
+        help="apply a proposed orchestration change (benchmarks/what_if.py)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
 
@@ -194,10 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     import scipy.linalg  # noqa: F401  (load every BLAS before pinning them)
     from threadpoolctl import threadpool_limits
 
-    blas = threadpool_limits(1)
-    try:
+    with contextlib.ExitStack() as stack:
+        blas = threadpool_limits(1)
+        stack.callback(blas.restore_original_limits)
+        stack.callback(data.remove, scratch)
         if not args.skip_kernels:
             rows += kernel_rows(args.quick)
+        if args.what_if == "grouped":
+            from benchmarks.what_if import grouped_reads
+
+            stack.enter_context(grouped_reads())
         if not args.skip_scaling:
             n_scaling = 2048 if args.quick else 8192
             workload = cluster.Workload(
@@ -215,12 +228,10 @@ def main(argv: list[str] | None = None) -> int:
             workload = cluster.Workload(nmf_steps=100, hmm_steps=100, batch_size=256)
             more, _ = end_to_end_rows(n_window, args.chunk, workload, scratch)
             rows += more
-    finally:
-        data.remove(scratch)
-        blas.restore_original_limits()
     print(
         f"# {load_average()} at end, {time.perf_counter() - started:.0f} s in all; "
-        f"store chunks of {args.chunk} windows; fits of 100 steps x 256 windows"
+        f"store chunks of {args.chunk} windows; end-to-end fits of 100 steps x 256 "
+        f"windows; orchestration {args.what_if or 'as committed'}"
     )
     print_table(rows)
     return 0 if all(r.passed is not False for r in rows) else 1
