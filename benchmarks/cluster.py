@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,8 +186,10 @@ def run_pipeline(
             )
 
     scratch.mkdir(parents=True, exist_ok=True)
-    activations = str(scratch / f"activations-{os.getpid()}-{n_workers}.zarr")
-    fingerprints = str(scratch / f"fingerprints-{os.getpid()}-{n_workers}.zarr")
+    # fresh names every run: specufex_dask._data caches open arrays by path
+    tag = uuid.uuid4().hex[:8]
+    activations = str(scratch / f"activations-{tag}.zarr")
+    fingerprints = str(scratch / f"fingerprints-{tag}.zarr")
     run = PipelineRun(n_workers=n_workers, n_window=n_window)
     if client is not None:
         client.run(warm_up)
