@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -88,6 +89,12 @@ def data_fingerprint(source: Source) -> str:
     return h.hexdigest()[:16]
 
 
+#: what a checkpoint pointer may name: a file of its own folder
+_CHECKPOINT_NAME = re.compile(r"step-[0-9]{8,12}\.nc")
+#: longest pointer read
+_POINTER_BYTES = 64
+
+
 class Checkpointer:
     """Checkpoints of a fit in a folder (or object-store prefix).
 
@@ -125,12 +132,15 @@ class Checkpointer:
         pointer = f"{self.root}/LATEST"
         if not self.fs.exists(pointer):
             return None
-        with self.fs.open(pointer, "r") as f:
-            name = f.read().strip()
-        if not name.startswith("step-") or "/" in name or ".." in name:
+        with self.fs.open(pointer, "rb") as f:
+            raw = f.read(_POINTER_BYTES + 1)
+        name = raw.decode("utf-8", "replace").strip()
+        # the pointer names a file of this folder, never a path elsewhere
+        if len(raw) > _POINTER_BYTES or not _CHECKPOINT_NAME.fullmatch(name):
             raise ValueError(
-                f"checkpoint pointer {pointer!r} names {name!r}, not a checkpoint "
-                "file; remove the checkpoint folder to start afresh"
+                f"checkpoint pointer {pointer!r} names {name[:80]!r}, not a "
+                "checkpoint file of its folder (step-NNNNNNNN.nc); remove the "
+                "checkpoint folder to start afresh"
             )
         return _model_io.read_model(
             self._path(name), storage_options=self.storage_options

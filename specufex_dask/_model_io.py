@@ -105,7 +105,15 @@ def _read_local(local: str, shown: str) -> xr.Dataset:
             f"{shown!r} is not a readable netCDF model file ({exc}); give a file "
             "written by a specufex-dask model's save()"
         ) from exc
-    version = int(ds.attrs.get("format_version", -1))
+    version = ds.attrs.get("format_version", -1)
+    if isinstance(version, np.ndarray) and version.size == 1:
+        version = version.item()
+    if not isinstance(version, int | np.integer) or isinstance(version, bool):
+        raise ValueError(
+            f"{shown!r} has the format_version {str(version)[:80]!r}, not an "
+            "integer; give a file written by a specufex-dask model's save()"
+        )
+    version = int(version)
     if version < 0 or "model" not in ds.attrs:
         raise ValueError(
             f"{shown!r} is a netCDF file but not a specufex-dask model (no "
@@ -120,22 +128,66 @@ def _read_local(local: str, shown: str) -> xr.Dataset:
     return ds
 
 
+#: datasets the import of an original model needs, by the pair that marks it
+_ORIGINAL_NEEDS = {
+    ("W1", "N_eff"): (
+        "num_pat",
+        "input_dims",
+        "W1",
+        "W2",
+        "A1",
+        "A2",
+        "N_eff",
+        "h01",
+        "h02",
+        "w01",
+        "w02",
+        "a01",
+        "a02",
+    ),
+    ("B1", "Neff"): ("num_state", "B1", "B2", "gain", "Neff"),
+}
+
+
 def original_h5_contents(path: str | os.PathLike) -> dict[str, np.ndarray] | None:
     """Datasets of a model file saved by the original package, or None.
 
     The original writes one HDF5 dataset per attribute of the model object;
-    only numeric datasets are read (as plain arrays).
+    only numeric datasets are read (as plain arrays). Anything else in the
+    file (strings, opaque or object datasets, references, groups, links to
+    other files) is never read, so nothing stored in it can run.
+
+    Raises
+    ------
+    ValueError
+        If a dataset the import needs is missing or not numeric, naming it.
     """
     path = os.fspath(path)
     if _is_url(path) or not os.path.isfile(path) or not h5py.is_hdf5(path):
         return None
     with h5py.File(path, "r") as f:
         keys = set(f.keys())
-        if not ({"W1", "N_eff"} <= keys or {"B1", "Neff"} <= keys):
+        needs = next(
+            (need for mark, need in _ORIGINAL_NEEDS.items() if set(mark) <= keys), None
+        )
+        if needs is None:
             return None
         out = {}
-        for key in keys:
-            item = f[key]
+        for key in sorted(keys):
+            # a link to another file is never followed
+            link = f.get(key, getlink=True)
+            item = None if isinstance(link, h5py.ExternalLink) else f.get(key)
             if isinstance(item, h5py.Dataset) and item.dtype.kind in "biuf":
                 out[key] = np.asarray(item[()])
+            else:
+                logger.debug(
+                    "original model %s: %r is not numeric, not read", path, key
+                )
+        missing = [key for key in needs if key not in out]
+        if missing:
+            raise ValueError(
+                f"{path!r} looks like a model saved by the original SpecUFEx but "
+                f"its datasets {missing!r} are missing or not numeric; give the "
+                "file its save() wrote"
+            )
         return out

@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from specufex_dask import __version__, dims, store
+from specufex_dask import __version__, _redact, dims, store
 from specufex_dask.config import (
     ClusterConfig,
     HMMConfig,
@@ -43,7 +43,6 @@ from specufex_dask.config import (
     default_config_yaml,
     is_secret_key,
     load_config,
-    redact_options,
 )
 
 logger = logging.getLogger("specufex_dask.cli")
@@ -64,6 +63,31 @@ INPUT_ERRORS = (
 
 
 # -- console: logging and progress bars ----------------------------------------
+
+#: text of every secret this command was given (storage options, credentials
+#: in the environment): never shown, whatever library quoted it
+_SECRETS: set[str] = set()
+#: environment variables whose values are credentials
+_SECRET_ENV = re.compile(
+    r"SECRET|TOKEN|PASSW|ACCESS_KEY|ACCOUNT_KEY|CREDENTIAL|SAS|CONNECTION_STRING",
+    re.IGNORECASE,
+)
+
+
+def _remember_secrets(options: Mapping | None) -> None:
+    """Hide the secret values of ``options`` from every line this command shows."""
+    _SECRETS.update(_redact.secret_values(options))
+
+
+def _remember_environment() -> None:
+    _remember_secrets(
+        {"secret": [v for k, v in os.environ.items() if _SECRET_ENV.search(k)]}
+    )
+
+
+def _shown(text: str) -> str:
+    """``text`` as it may be shown: every remembered secret replaced."""
+    return _redact.scrub(text, _SECRETS)
 
 
 class _TqdmHandler(logging.Handler):
@@ -94,7 +118,7 @@ class _Formatter(logging.Formatter):
         text += record.getMessage()
         if record.exc_info and self.verbose:
             text += "\n" + self.formatException(record.exc_info)
-        return text
+        return _shown(text)
 
 
 @contextlib.contextmanager
@@ -944,8 +968,9 @@ def _fit_flags(p: argparse.ArgumentParser, n_steps: int, checkpoint_every: int) 
 
 def _options(args: argparse.Namespace) -> dict | None:
     options = parse_storage_options(getattr(args, "storage_option", None))
+    _remember_secrets(options)
     if options:
-        logger.debug("storage options: %s", redact_options(options))
+        logger.debug("storage options: %s", _redact.format_options(options))
     return options or None
 
 
@@ -1245,6 +1270,7 @@ def cmd_cluster(args: argparse.Namespace, progress: ProgressBars) -> int:
 
 def _config_with_flags(args: argparse.Namespace) -> RunConfig:
     config = load_config(args.config)
+    _remember_secrets(config.storage_options)
     data = config.to_dict()
     if args.output is not None:
         data["output"] = args.output
@@ -1260,6 +1286,7 @@ def _config_with_flags(args: argparse.Namespace) -> RunConfig:
     if args.threads_per_worker is not None:
         data["dask"]["threads_per_worker"] = args.threads_per_worker
     extra = parse_storage_options(args.storage_option)
+    _remember_secrets(extra)
     if extra:
         data["storage_options"] = _merge(data["storage_options"], extra)
     return load_config(data)
@@ -1342,10 +1369,19 @@ def cmd_info(args: argparse.Namespace, progress: ProgressBars) -> int:
     options = _options(args)
     path = args.path
     if os.path.isfile(path) or path.endswith((".nc", ".h5")):
-        print(describe_model(path, options))
+        print(_printable(describe_model(path, options)))
     else:
-        print(describe_store(path, options))
+        print(_printable(describe_store(path, options)))
     return 0
+
+
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped: names and attributes of a file
+    from elsewhere cannot drive the terminal (escape sequences)."""
+    return _CONTROL.sub(lambda m: repr(m[0])[1:-1], text)
 
 
 # -- text blocks for the console ------------------------------------------------------
@@ -1509,7 +1545,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     -------
     int
         0 on success, 2 for bad input or usage (one ``error: …`` line on
-        stderr), 130 when interrupted.
+        stderr), 1 for any other error (its traceback on stderr), 130 when
+        interrupted. Secrets given to the command (storage options,
+        credentials in the environment) are replaced by ``***`` in
+        everything it shows.
     """
     parser = build_parser()
     try:
@@ -1518,19 +1557,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
 
     progress = ProgressBars(disable=True if args.quiet else None)
+    _remember_environment()
     with _console(args.verbose, args.quiet):
         try:
             return int(args.func(args, progress) or 0)
         except INPUT_ERRORS as exc:
             progress.close()
             if args.verbose:
-                traceback.print_exc(file=sys.stderr)
-            print(f"error: {_one_line(exc)}", file=sys.stderr)
+                print(_shown(traceback.format_exc()), end="", file=sys.stderr)
+            print(f"error: {_shown(_one_line(exc))}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             progress.close()
             print("interrupted", file=sys.stderr)
             return 130
+        except Exception:  # a fault, not bad input: the traceback, secrets hidden
+            progress.close()
+            print(_shown(traceback.format_exc()), end="", file=sys.stderr)
+            return 1
         finally:
             progress.close()
 

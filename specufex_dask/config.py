@@ -50,12 +50,13 @@ import logging
 import math
 import os
 import posixpath
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import yaml
+
+from specufex_dask import _redact
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +65,6 @@ ClusterMethod = Literal["silhouette", "gap"]
 
 #: default folder of the products of a run
 DEFAULT_OUTPUT = "specufex-output"
-
-_SECRET_KEY = re.compile(
-    r"secret|token|passw|credential|session|private|auth|signature|(^|_)key($|_)",
-    re.IGNORECASE,
-)
-_HIDDEN = "***"
 
 
 # -- field checks ------------------------------------------------------------
@@ -156,6 +151,40 @@ def _check_value(section: str, key: str, value: Any, meta: Mapping) -> Any:
         f"{name} must be {_describe(meta)}; got {shown}"
         + (f" ({meta['hint']})" if "hint" in meta else "")
     )
+
+
+def _check_location(name: str, value: str | None, *, output: bool = False) -> None:
+    """Refuse a path or URL that cannot be shown safely or could leave its place.
+
+    No control characters (a NUL ends a path early), no password inside a URL
+    (it would be shown wherever the path is: logs, the summary); for the
+    ``output`` URL, no ``.`` or ``..`` segment (object stores keep them as
+    literal key parts, and tools that normalise them write elsewhere).
+
+    Raises
+    ------
+    ValueError
+        Naming the key, with any password hidden.
+    """
+    if value is None:
+        return
+    shown = _redact.redact_url(value)
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(
+            f"{name} = {shown!r} contains a control character; give a plain path or URL"
+        )
+    if _redact.has_url_password(value):
+        raise ValueError(
+            f"{name} = {shown!r} carries a password in the URL; remove it and put "
+            "the credentials in storage_options or the environment instead"
+        )
+    if output and "://" in value:
+        path = value.split("://", 1)[1]
+        if any(part in (".", "..") for part in path.split("/")):
+            raise ValueError(
+                f"{name} = {shown!r} has a '.' or '..' segment; give the URL of "
+                "the output folder without them"
+            )
 
 
 def _unknown_key(key: Any, section: str, allowed: list[str]) -> ValueError:
@@ -296,6 +325,8 @@ class SpectrogramConfig(_Section):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for key in ("catalog", "waveforms", "store"):
+            _check_location(f"spectrograms.{key}", getattr(self, key))
         _check_recipe(self.recipe)
 
     def recipe_object(self):
@@ -576,6 +607,7 @@ class RunConfig(_Section):
             if f.metadata:
                 value = _check_value("", f.name, getattr(self, f.name), f.metadata)
                 object.__setattr__(self, f.name, value)
+        _check_location("output", self.output, output=True)
         for name, cls in self._sections.items():
             if not isinstance(getattr(self, name), cls):
                 raise ValueError(
@@ -649,27 +681,19 @@ class RunConfig(_Section):
 def redact_options(options: Mapping) -> dict:
     """A copy of ``options`` with values of secret-looking keys hidden.
 
-    Nested mappings are redacted too.
+    Nested mappings are redacted too (see :func:`specufex_dask._redact.redact`).
 
     Examples
     --------
     >>> redact_options({"anon": False, "secret": "abc", "key": "AKIA"})
     {'anon': False, 'secret': '***', 'key': '***'}
     """
-    out = {}
-    for key, value in options.items():
-        if isinstance(value, Mapping):
-            out[key] = redact_options(value)
-        elif _SECRET_KEY.search(str(key)):
-            out[key] = _HIDDEN
-        else:
-            out[key] = value
-    return out
+    return _redact.redact(options)
 
 
 def is_secret_key(key: str) -> bool:
     """Whether a storage-option key looks like it holds a secret."""
-    return bool(_SECRET_KEY.search(key))
+    return _redact.is_secret_key(key)
 
 
 # -- output layout -----------------------------------------------------------

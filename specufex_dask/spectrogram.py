@@ -930,6 +930,8 @@ def _plan_from_catalog(
                 f"catalog column {name!r} clashes with a name of the spectrogram "
                 f"store ({sorted(_RESERVED_NAMES)!r}); rename the column"
             )
+        # the column becomes an array, so a folder or object name, of the store
+        store.check_name(name, "catalog column")
         extras[name] = _coordinate_values(table[name])
     extras.update(parts)
     return _Plan(
@@ -1271,12 +1273,14 @@ def _check_chunk(
 def _write_chunk(
     recipe: SpectrogramRecipe,
     out: str,
-    storage_options: Mapping | None,
+    storage_options: store.FrozenOptions | Mapping | None,
     chunk_size: int,
     chunk_index: int,
     windows: Sequence[_WindowTask],
 ) -> int:
     """Pass 2 task: compute one chunk of windows and write its region."""
+    if isinstance(storage_options, store.FrozenOptions):
+        storage_options = storage_options.to_dict()
     results = _compute_windows(recipe, windows)
     for (window_id, *_), (reason, _, _) in zip(windows, results, strict=True):
         if reason is not None:
@@ -1322,6 +1326,7 @@ def _existing_state(
     import zarr
 
     try:
+        store.check_store_metadata(out, storage_options)
         group = zarr.open_group(
             out,
             mode="r",
@@ -1497,7 +1502,8 @@ def _build(
         client=client,
         progress=progress,
         stage="spectrogram write",
-        shared=(recipe, out, storage_options, chunk_size),
+        # frozen: hashable for the task token, and hidden from task reprs
+        shared=(recipe, out, store.FrozenOptions(storage_options or {}), chunk_size),
     )
     store.finalize_store(out, storage_options)
     return out

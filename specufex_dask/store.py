@@ -15,6 +15,12 @@ two phases so that no output is ever mistaken for a finished one:
 A re-run of an interrupted job calls :func:`completed_chunks` and writes only
 the missing regions; two tasks never write the same chunk.
 
+Stores may come from others (a shared bucket), so their metadata is checked
+before any chunk is decoded (:func:`check_store_metadata`): an array of
+Python objects (other than text) or a codec outside the standard compressors
+and filters — numcodecs' ``pickle`` above all, which runs code when it
+decodes — is refused, and so is a member name that is not a plain name.
+
 Paths may be local paths or fsspec URLs (``s3://``, ``gs://``, ``memory://``
 …) with ``storage_options``; the options apply to URLs only (a local path
 ignores them), so one set of options serves a run that reads from a bucket
@@ -23,10 +29,12 @@ and writes to a local folder, or the other way round.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import posixpath
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import fsspec
@@ -34,7 +42,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from specufex_dask import dims
+from specufex_dask import _redact, dims
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +54,323 @@ CHUNK_DIM = "_chunk"
 
 class StoreError(ValueError):
     """A store is missing, incomplete, or does not follow the storage contract."""
+
+
+# -- what a store may hold ----------------------------------------------------------
+
+#: numcodecs ids (Zarr format 2, and format 3 as ``numcodecs.<id>``) whose
+#: decoding only turns bytes into numbers or text: compressors, filters and
+#: checksums. Everything else is refused, ``pickle`` (which runs code when it
+#: decodes) above all, and ``json2``/``msgpack2``/``vlen-array`` (Python
+#: objects) too.
+SAFE_CODECS = frozenset(
+    {
+        "adler32",
+        "astype",
+        "bitround",
+        "blosc",
+        "bz2",
+        "crc32",
+        "crc32c",
+        "delta",
+        "fixedscaleoffset",
+        "fletcher32",
+        "gzip",
+        "jenkins_lookup3",
+        "lz4",
+        "lzma",
+        "packbits",
+        "pcodec",
+        "quantize",
+        "shuffle",
+        "vlen-bytes",
+        "vlen-utf8",
+        "zfpy",
+        "zlib",
+        "zstd",
+    }
+)
+#: codecs of the Zarr format 3 specification (and zarr-python's text codecs)
+_SAFE_V3_CODECS = frozenset(
+    {
+        "blosc",
+        "bytes",
+        "crc32c",
+        "endian",
+        "gzip",
+        "sharding_indexed",
+        "transpose",
+        "vlen-bytes",
+        "vlen-utf8",
+        "zstd",
+    }
+)
+#: the only object arrays a store may hold: text, decoded by these codecs
+_TEXT_CODECS = frozenset({"vlen-utf8", "vlen-bytes"})
+#: file names of Zarr metadata, never a member's name
+_METADATA_NAMES = frozenset(
+    {".zarray", ".zgroup", ".zattrs", ".zmetadata", "zarr.json"}
+)
+#: longest member name, in UTF-8 bytes (file systems stop at 255)
+MAX_NAME_BYTES = 200
+#: deepest nesting of groups looked into
+_MAX_DEPTH = 8
+
+
+def check_name(name: str, what: str) -> None:
+    """Refuse a name that would not stay one plain file or object name.
+
+    A store member (array or group) or anything else that becomes part of a
+    path must be non-empty, at most :data:`MAX_NAME_BYTES` bytes, without
+    ``/``, ``\\``, ``:`` or control characters, and must not start with
+    ``.`` (``..``, hidden files and Zarr's own metadata files).
+
+    Raises
+    ------
+    ValueError
+        Naming ``what`` and the value.
+    """
+    text = str(name)
+    bad = (
+        text == ""
+        or text.startswith(".")
+        or text in _METADATA_NAMES
+        or any(c in text for c in "/\\:")
+        or any(ord(c) < 32 or ord(c) == 127 for c in text)
+        or len(text.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
+    )
+    if bad:
+        shown = text if len(text) <= 80 else text[:60] + "…"
+        raise ValueError(
+            f"{what} {shown!r} is not a plain name: it must be non-empty, at most "
+            f"{MAX_NAME_BYTES} bytes, not start with '.', and hold no '/', '\\', "
+            "':' or control characters; rename it"
+        )
+
+
+def _unsafe(path: str, name: str, problem: str) -> StoreError:
+    return StoreError(
+        f"array {name!r} of store {_redact.redact_url(path)!r} {problem}; "
+        "specufex-dask reads only numeric, boolean, date and text arrays stored "
+        "with standard compressors and filters, and never decodes Python objects. "
+        "Nothing was read from it: use a store written by specufex-dask, or "
+        "rewrite this one without that codec"
+    )
+
+
+def _codec_ids_v2(meta: Mapping) -> list[str]:
+    codecs = list(meta.get("filters") or [])
+    if meta.get("compressor") is not None:
+        codecs.append(meta["compressor"])
+    return [str(c.get("id")) if isinstance(c, Mapping) else repr(c) for c in codecs]
+
+
+def _codec_names_v3(codecs: Any) -> list[str]:
+    names = []
+    for codec in codecs if isinstance(codecs, list) else [codecs]:
+        name = codec.get("name") if isinstance(codec, Mapping) else codec
+        names.append(str(name) if isinstance(name, str) else repr(name))
+        config = codec.get("configuration") if isinstance(codec, Mapping) else None
+        if name == "sharding_indexed" and isinstance(config, Mapping):
+            names += _codec_names_v3(config.get("codecs") or [])
+            names += _codec_names_v3(config.get("index_codecs") or [])
+    return names
+
+
+def check_array_metadata(meta: Mapping, name: str, path: str | os.PathLike) -> None:
+    """Refuse an array whose metadata could run code when its chunks decode.
+
+    ``meta`` is the array's metadata document (``.zarray`` of Zarr format 2,
+    ``zarr.json`` of format 3), as stored or as zarr-python's
+    ``array.metadata.to_dict()`` gives it.
+
+    Raises
+    ------
+    StoreError
+        Naming the array, the store and the data type or codec at fault.
+    """
+    path = os.fspath(path)
+    if not isinstance(meta, Mapping):
+        raise _unsafe(path, name, "has metadata that is not a JSON object")
+    if "data_type" in meta or meta.get("zarr_format") == 3:
+        _check_v3(meta, name, path)
+    else:
+        _check_v2(meta, name, path)
+
+
+def _check_v2(meta: Mapping, name: str, path: str) -> None:
+    ids = _codec_ids_v2(meta)
+    for codec in ids:
+        if codec not in SAFE_CODECS:
+            raise _unsafe(path, name, f"is stored with the codec {codec!r}")
+    dtype = meta.get("dtype")
+    if not isinstance(dtype, str):
+        raise _unsafe(path, name, f"has the data type {dtype!r} (records or objects)")
+    try:
+        kind = np.dtype(dtype).kind
+    except (TypeError, ValueError):
+        raise _unsafe(path, name, f"has the unknown data type {dtype!r}") from None
+    if kind == "O" and (not ids or ids[0] not in _TEXT_CODECS):
+        first = ids[0] if ids else None
+        raise _unsafe(
+            path, name, f"holds Python objects (data type {dtype!r}, codec {first!r})"
+        )
+
+
+def _check_v3(meta: Mapping, name: str, path: str) -> None:
+    data_type = meta.get("data_type")
+    type_name = data_type.get("name") if isinstance(data_type, Mapping) else data_type
+    if not isinstance(type_name, str) or any(
+        word in type_name.lower() for word in ("object", "pickle")
+    ):
+        raise _unsafe(path, name, f"has the data type {data_type!r}")
+    for codec in _codec_names_v3(meta.get("codecs") or []):
+        plain = codec.removeprefix("numcodecs.")
+        allowed = (
+            plain in SAFE_CODECS
+            if codec.startswith("numcodecs.")
+            else codec in _SAFE_V3_CODECS
+        )
+        if not allowed:
+            raise _unsafe(path, name, f"is stored with the codec {codec!r}")
+    if meta.get("storage_transformers"):
+        raise _unsafe(path, name, "uses storage transformers")
+
+
+def check_array(array: Any, path: str | os.PathLike) -> None:
+    """:func:`check_array_metadata` of an opened ``zarr.Array``, before reading it.
+
+    Checks the metadata zarr-python will decode the chunks with (the
+    consolidated record when the store has one). For readers that open
+    arrays themselves, such as the workers' chunk reads.
+    """
+    name = str(getattr(array, "path", "") or getattr(array, "name", ""))
+    check_array_metadata(array.metadata.to_dict(), name.strip("/"), path)
+
+
+def _load_json(data: bytes, key: str, path: str) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StoreError(
+            f"metadata {key!r} of store {_redact.redact_url(path)!r} is not JSON "
+            f"({exc}); give the path of a Zarr store"
+        ) from exc
+
+
+def _member_names(names: Iterable[str], path: str) -> None:
+    for member in names:
+        for part in member.split("/"):
+            try:
+                check_name(part, "member")
+            except ValueError as exc:
+                raise StoreError(
+                    f"store {_redact.redact_url(path)!r} has a member named "
+                    f"{member!r}: {exc}; nothing was read from it"
+                ) from None
+
+
+def check_store_metadata(
+    path: str | os.PathLike, storage_options: Mapping | None = None
+) -> None:
+    """Check every array's metadata before any chunk of the store is read.
+
+    Reads the consolidated metadata (``.zmetadata`` of Zarr format 2, the
+    ``consolidated_metadata`` of a format-3 ``zarr.json``) and the metadata
+    document of every member the store lists (its unconsolidated metadata),
+    as JSON, without zarr-python, and applies :func:`check_array_metadata`
+    to each array and :func:`check_name` to each member name. A reader that
+    trusts either record therefore meets only checked arrays.
+
+    Raises
+    ------
+    StoreError
+        For an array of Python objects, an unsafe or unknown codec, or a
+        member name that is not a plain name, naming the array and the store.
+    """
+    shown = os.fspath(path)
+    fs, root = _fs_and_path(path, storage_options)
+    root = root.rstrip("/")
+    arrays: dict[str, Any] = {}
+
+    # consolidated records
+    top = fs.cat([f"{root}/.zmetadata", f"{root}/zarr.json"], on_error="omit")
+    if f"{root}/.zmetadata" in top:
+        record = _load_json(top[f"{root}/.zmetadata"], ".zmetadata", shown)
+        entries = record.get("metadata", {}) if isinstance(record, Mapping) else {}
+        for key, doc in dict(entries).items():
+            member = posixpath.dirname(str(key))
+            if member:
+                _member_names([member], shown)
+            if str(key).endswith(".zarray"):
+                arrays[f"consolidated {member}"] = (member, doc)
+    if f"{root}/zarr.json" in top:
+        record = _load_json(top[f"{root}/zarr.json"], "zarr.json", shown)
+        if isinstance(record, Mapping) and record.get("node_type") == "array":
+            arrays["root"] = ("", record)
+        consolidated = (
+            record.get("consolidated_metadata") if isinstance(record, Mapping) else None
+        )
+        if isinstance(consolidated, Mapping):
+            for member, doc in dict(consolidated.get("metadata") or {}).items():
+                _member_names([str(member)], shown)
+                if isinstance(doc, Mapping) and doc.get("node_type") == "array":
+                    arrays[f"consolidated {member}"] = (str(member), doc)
+
+    # every member the store lists, as an unconsolidated reader sees them
+    _walk(fs, root, "", shown, arrays, depth=0)
+    for member, doc in arrays.values():
+        check_array_metadata(doc, member, shown)
+
+
+def _walk(fs, root: str, prefix: str, shown: str, arrays: dict, depth: int) -> None:
+    """Metadata documents of the members listed under ``prefix``, recursively.
+
+    A listed name is a member when it has a metadata document; other files
+    (``.DS_Store`` and the like) are left alone.
+    """
+    folder = f"{root}/{prefix}".rstrip("/")
+    try:
+        children = fs.ls(folder, detail=False, refresh=True)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    finally:
+        # leave no listing cached: zarr writes through another instance
+        fs.invalidate_cache(folder)
+    names = {posixpath.basename(str(c).rstrip("/")) for c in children}
+    candidates = [f"{prefix}/{n}".lstrip("/") for n in sorted(names - _METADATA_NAMES)]
+    if not candidates:
+        return
+    docs = fs.cat(
+        [
+            f"{root}/{member}/{doc}"
+            for member in candidates
+            for doc in (".zarray", ".zgroup", "zarr.json")
+        ],
+        on_error="omit",
+    )
+    for member in candidates:
+        base = f"{root}/{member}"
+        found = [
+            doc
+            for doc in (".zarray", ".zgroup", "zarr.json")
+            if f"{base}/{doc}" in docs
+        ]
+        if not found:
+            continue
+        _member_names([member], shown)
+        parsed = {
+            doc: _load_json(docs[f"{base}/{doc}"], f"{member}/{doc}", shown)
+            for doc in found
+        }
+        v3 = parsed.get("zarr.json")
+        v3_kind = v3.get("node_type") if isinstance(v3, Mapping) else None
+        if ".zarray" in parsed:
+            arrays[f"listed v2 {member}"] = (member, parsed[".zarray"])
+        if v3_kind == "array":
+            arrays[f"listed v3 {member}"] = (member, v3)
+        if (".zgroup" in parsed or v3_kind == "group") and depth < _MAX_DEPTH:
+            _walk(fs, root, member, shown, arrays, depth + 1)
 
 
 def is_url(path: str | os.PathLike) -> bool:
@@ -192,6 +517,11 @@ def open_store(
             f"no store at {os.fspath(path)!r}; check the path (and storage_options "
             "for object-store URLs)"
         )
+    # before xarray decodes anything (it reads the index coordinates at once)
+    try:
+        check_store_metadata(path, storage_options)
+    except PermissionError as exc:
+        raise _refused(path, exc) from exc
     try:
         return xr.open_zarr(
             os.fspath(path),
@@ -311,7 +641,9 @@ def _done_array(
     group = zarr.open_group(
         os.fspath(path), mode=mode, storage_options=url_options(path, storage_options)
     )
-    return group[DONE_VAR]
+    done = group[DONE_VAR]
+    check_array(done, path)
+    return done
 
 
 def _n_window(path: str | os.PathLike, storage_options: Mapping | None) -> int:

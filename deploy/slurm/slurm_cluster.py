@@ -15,10 +15,19 @@ the walltime of their job::
 
 Run it where long-lived processes are allowed (a small interactive or batch
 allocation rather than a busy login node), from the environment the workers
-will use. Needs ``pip install dask-jobqueue``. The scheduler listens on the
-interface given by ``--interface`` (pick the cluster-internal one, never a
-public one) and its dashboard on 127.0.0.1 only: reach it with
+will use. Needs ``pip install dask-jobqueue``. The scheduler and the workers
+listen on the interface given by ``--interface`` (pick the cluster-internal
+one, never a public one; default: the address of each node's host name) and
+the dashboard on 127.0.0.1 only: reach it with
 ``ssh -L 8787:127.0.0.1:8787 <host running this script>``.
+
+Every connection is mutual TLS unless ``--no-tls`` is given: with the
+certificates of ``--tls-dir``, or else with a set made by
+``deploy/tls/make_certs.sh`` in ``dask-certs/`` beside the scheduler file.
+Clients from another shell load the same settings first::
+
+    source ~/specufex/dask-certs/dask-tls.env
+    specufex-dask run config.yaml --scheduler ~/specufex/scheduler.json
 """
 
 from __future__ import annotations
@@ -26,10 +35,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger("specufex_dask.slurm")
@@ -83,8 +94,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--tls-dir",
         default=None,
-        help="folder of certificates made by deploy/tls/make_certs.sh, "
-        "on a shared file system; switches TLS on",
+        help="folder of certificates made by deploy/tls/make_certs.sh, on a "
+        "shared file system (default: dask-certs/ beside the scheduler file, "
+        "made on first use)",
+    )
+    parser.add_argument(
+        "--no-tls",
+        action="store_true",
+        help="plain TCP: anyone who can reach the scheduler can run code as you; "
+        "only on a network no one else uses",
     )
     parser.add_argument(
         "--run",
@@ -113,6 +131,29 @@ def tls_settings(tls_dir: str) -> dict[str, Any]:
     }
 
 
+def default_certificates(scheduler_file: str) -> str:
+    """``dask-certs/`` beside the scheduler file, made with make_certs.sh if new."""
+    folder = os.path.join(
+        os.path.dirname(os.path.abspath(os.path.expanduser(scheduler_file))),
+        "dask-certs",
+    )
+    if not os.path.exists(os.path.join(folder, "ca.pem")):
+        make_certs = Path(__file__).resolve().parents[1] / "tls" / "make_certs.sh"
+        subprocess.run(["bash", str(make_certs), folder], check=True)
+    return folder
+
+
+def write_environment(settings: dict[str, Any], path: str) -> None:
+    """``export`` lines of the settings, for clients started from other shells."""
+    lines = [
+        f"export {name}={shlex.quote(value)}"
+        for name, value in as_environment(settings).items()
+    ]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def as_environment(settings: dict[str, Any]) -> dict[str, str]:
     """The same settings as DASK_* environment variables, for child processes."""
     return {
@@ -135,11 +176,22 @@ def main(argv: list[str] | None = None) -> int:
     # job scripts and the specufex-dask client started by --run
     tls_env: dict[str, str] = {}
     security = None
-    if args.tls_dir:
-        settings = tls_settings(args.tls_dir)
+    if args.no_tls:
+        logger.warning(
+            "TLS is off (--no-tls): anyone who can reach the scheduler can run "
+            "code as you on every worker"
+        )
+    else:
+        tls_dir = args.tls_dir or default_certificates(args.scheduler_file)
+        settings = tls_settings(tls_dir)
         dask.config.set(settings)
         tls_env = as_environment(settings)
         security = Security()
+        env_file = os.path.join(
+            os.path.abspath(os.path.expanduser(tls_dir)), "dask-tls.env"
+        )
+        write_environment(settings, env_file)
+        logger.info("TLS on; clients in other shells: source %s", env_file)
 
     # one Slurm job = `processes` workers sharing `cores` and `memory`
     cluster = SLURMCluster(
@@ -154,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         log_directory=args.log_directory,
         job_name="specufex-dask",
         job_extra_directives=args.job_extra,
+        # without an interface, each worker binds its own node's host name
+        # (evaluated by the job script on that node), not every interface
+        worker_extra_args=[] if args.interface else ["--host", "$(hostname)"],
         job_script_prologue=[
             "export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1",
             *(f"export {name}={value}" for name, value in tls_env.items()),
