@@ -85,7 +85,11 @@ def _open_variable(spec: StoreSpec):
     group = zarr.open_group(
         spec.path, mode="r", storage_options=store.url_options(spec.path, spec.options)
     )
-    return group[spec.variable], group[dims.WINDOW]
+    array, window = group[spec.variable], group[dims.WINDOW]
+    # a worker may meet a store the client never checked (or one changed since)
+    store.check_array(array, spec.path)
+    store.check_array(window, spec.path)
+    return array, window
 
 
 def read_rows(

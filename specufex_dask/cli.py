@@ -1081,6 +1081,12 @@ def cmd_fit(args: argparse.Namespace, progress: ProgressBars) -> int:
     n_windows = _store_windows(args.input, options)
     _check_variable(args.input, variable, options)
     if args.continue_from:
+        store.check_not_input(
+            args.output,
+            {f"{variable} store": args.input},
+            storage_options=options,
+            what="model file",
+        )
         store.check_output_path(
             args.output,
             overwrite=args.overwrite,

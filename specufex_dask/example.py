@@ -40,7 +40,7 @@ from specufex_dask.config import OutputLayout, RunConfig, join_path, load_config
 from specufex_dask.hmm import BayesianHMM
 from specufex_dask.nmf import BayesianNonparametricNMF
 from specufex_dask.parallel import Progress
-from specufex_dask.pipeline import transform_hmm, transform_nmf
+from specufex_dask.pipeline import fit_and_save, transform_hmm, transform_nmf
 
 logger = logging.getLogger(__name__)
 
@@ -449,23 +449,19 @@ def _fit_stage(
     if resume and _exists(model_out, storage_options):
         logger.info("%s: reusing the saved model %s (resume)", name, model_out)
         return cls.load(model_out, storage_options=storage_options)
-    store.check_output_path(
-        model_out,
-        overwrite=overwrite,
-        storage_options=storage_options,
-        what="model file",
-    )
-    model = cls(**params)
-    model.fit(
+    model = fit_and_save(
+        cls,
         data,
+        model_out=model_out,
         client=client,
         progress=progress,
+        overwrite=overwrite,
+        storage_options=storage_options,
         checkpoint=checkpoint,
         checkpoint_every=checkpoint_every,
-        storage_options=storage_options,
         on_step=on_step,
+        **params,
     )
-    model.save(model_out, overwrite=overwrite, storage_options=storage_options)
     logger.info("wrote the %s model %s", name, model_out)
     return model
 

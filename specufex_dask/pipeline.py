@@ -18,11 +18,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import dask.array as da
-import fsspec
 import numpy as np
 import xarray as xr
 
-from specufex_dask import __version__, dims, store
+from specufex_dask import __version__, _redact, dims, store
 from specufex_dask._data import StoreSpec, as_source, check_values, read_rows
 from specufex_dask.hmm import BayesianHMM
 from specufex_dask.hmm import _transform_kernel as _hmm_kernel
@@ -61,56 +60,6 @@ def _plan_hash(*parts: Any) -> str:
             else repr(part).encode()
         )
     return h.hexdigest()[:16]
-
-
-def _location(path: str | os.PathLike, storage_options: Mapping | None) -> tuple:
-    """``(protocol, absolute path)`` of a local path or fsspec URL."""
-    path = os.fspath(path)
-    options = dict(storage_options or {}) if "://" in path else {}
-    fs, root = fsspec.core.url_to_fs(path, **options)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in ("file", "local"):
-        root = os.path.realpath(root)
-    return protocol, root.rstrip("/")
-
-
-def check_not_input(
-    out: str | os.PathLike,
-    inputs: Mapping[str, Any],
-    *,
-    storage_options: Mapping | None = None,
-    what: str = "output store",
-) -> None:
-    """Refuse an output path that is an input, or holds one, or lies in one.
-
-    An output is removed before it is written again (``overwrite``); were it
-    an input, or a folder holding one, the input would be lost.
-
-    Parameters
-    ----------
-    out : str or path
-        The output about to be written.
-    inputs : mapping
-        ``{description: path}`` of the inputs; entries that are not paths
-        (a model object, an array) are ignored.
-    """
-    protocol, target = _location(out, storage_options)
-    for name, path in inputs.items():
-        if not isinstance(path, str | os.PathLike):
-            continue
-        other_protocol, source = _location(path, storage_options)
-        if other_protocol != protocol:
-            continue
-        if target == source or source.startswith(target + "/"):
-            relation = "is" if target == source else "holds"
-        elif target.startswith(source + "/"):
-            relation = "lies inside"
-        else:
-            continue
-        raise ValueError(
-            f"{what} {os.fspath(out)!r} {relation} the {name} {os.fspath(path)!r}; "
-            "writing it there could destroy the input: choose another output path"
-        )
 
 
 def _prepare_output(
@@ -282,7 +231,7 @@ def fit_and_save(
     doomed fit fails fast and never replaces its own input.
     """
     if model_out is not None:
-        check_not_input(
+        store.check_not_input(
             model_out,
             {f"{cls._what} store": data, "checkpoint folder": checkpoint},
             storage_options=storage_options,
@@ -369,7 +318,7 @@ def transform_nmf(
         If ``out`` exists, is not an unfinished run of the same transform,
         and ``overwrite`` is False.
     """
-    check_not_input(
+    store.check_not_input(
         out,
         {"spectrogram store": spectrograms, "model file": model},
         storage_options=storage_options,
@@ -398,7 +347,7 @@ def transform_nmf(
         },
         attrs={
             "specufex_dask_version": __version__,
-            "source_store": str(spectrograms),
+            "source_store": _redact.redact_url(str(spectrograms)),
             "nmf_seed": int(model.seed_),
             "nmf_steps": int(model.n_steps_done_),
         },
@@ -449,7 +398,7 @@ def transform_hmm(
     ``("window", "state", "time")``) with the input's per-window
     coordinates and chunking. Raises as :func:`transform_nmf` does.
     """
-    check_not_input(
+    store.check_not_input(
         out,
         {"activation store": activations, "model file": model},
         storage_options=storage_options,
@@ -487,7 +436,7 @@ def transform_hmm(
         },
         attrs={
             "specufex_dask_version": __version__,
-            "source_store": str(activations),
+            "source_store": _redact.redact_url(str(activations)),
             "hmm_seed": int(model.seed_),
             "hmm_steps": int(model.n_steps_done_),
             "hmm_mode": model.mode,

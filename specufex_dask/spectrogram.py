@@ -1639,10 +1639,26 @@ def _first_pass(
 
 
 def _check_common(
-    out: Any, recipe: Any, chunk_size: Any, overwrite: bool, storage_options: Any
+    out: Any,
+    recipe: Any,
+    chunk_size: Any,
+    overwrite: bool,
+    storage_options: Any,
+    inputs: Mapping[str, Any],
 ) -> tuple[str, SpectrogramRecipe]:
     if not isinstance(out, str | os.PathLike):
         raise ValueError(f"out must be a path or URL of a Zarr store, got {out!r}")
+    # an output is removed before it is rebuilt: never where the input lies
+    named = {}
+    for name, value in inputs.items():
+        values = value if isinstance(value, list | tuple) else [value]
+        named.update(
+            {
+                f"{name} {i}" if len(values) > 1 else name: v
+                for i, v in enumerate(values)
+            }
+        )
+    store.check_not_input(out, named, storage_options=storage_options, inside_ok=True)
     recipe = SpectrogramRecipe() if recipe is None else recipe
     if not isinstance(recipe, SpectrogramRecipe):
         raise ValueError(
@@ -1755,7 +1771,14 @@ def spectrograms_from_catalog(
     ...     piton / "catalog.csv", piton / "windows.mseed", "piton.zarr"
     ... )  # doctest: +SKIP
     """
-    out, recipe = _check_common(out, recipe, chunk_size, overwrite, storage_options)
+    out, recipe = _check_common(
+        out,
+        recipe,
+        chunk_size,
+        overwrite,
+        storage_options,
+        {"waveforms": waveforms, "catalog": catalog},
+    )
     if window_s is not None:
         _check_seconds("window_s", window_s)
     paths = _waveform_files(waveforms)
@@ -1828,7 +1851,9 @@ def spectrograms_from_continuous(
     ... )  # doctest: +SKIP
     'days.zarr'
     """
-    out, recipe = _check_common(out, recipe, chunk_size, overwrite, storage_options)
+    out, recipe = _check_common(
+        out, recipe, chunk_size, overwrite, storage_options, {"waveforms": waveforms}
+    )
     window_s = _check_seconds("window_s", window_s)
     step_s = _check_seconds("step_s", step_s)
     paths = _waveform_files(waveforms)

@@ -721,3 +721,57 @@ def finalize_store(
     group.attrs.update(dict(attrs or {}))
     group.attrs[COMPLETE_ATTR] = 1
     zarr.consolidate_metadata(group.store)
+
+
+def _location(path: str | os.PathLike, storage_options: Mapping | None) -> tuple:
+    """``(protocol, absolute path)`` of a local path or fsspec URL."""
+    path = os.fspath(path)
+    options = dict(storage_options or {}) if "://" in path else {}
+    fs, root = fsspec.core.url_to_fs(path, **options)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("file", "local"):
+        root = os.path.realpath(root)
+    return protocol, root.rstrip("/")
+
+
+def check_not_input(
+    out: str | os.PathLike,
+    inputs: Mapping[str, Any],
+    *,
+    storage_options: Mapping | None = None,
+    what: str = "output store",
+    inside_ok: bool = False,
+) -> None:
+    """Refuse an output path that is an input, or holds one, or lies in one.
+
+    An output is removed before it is written again (``overwrite``); were it
+    an input, or a folder holding one, the input would be lost.
+
+    Parameters
+    ----------
+    out : str or path
+        The output about to be written.
+    inputs : mapping
+        ``{description: path}`` of the inputs; entries that are not paths
+        (a model object, an array) are ignored.
+    inside_ok : bool
+        Allow an output inside an input folder (a folder of waveform files,
+        say, which a new store beside them does not harm).
+    """
+    protocol, target = _location(out, storage_options)
+    for name, path in inputs.items():
+        if not isinstance(path, str | os.PathLike):
+            continue
+        other_protocol, source = _location(path, storage_options)
+        if other_protocol != protocol:
+            continue
+        if target == source or source.startswith(target + "/"):
+            relation = "is" if target == source else "holds"
+        elif target.startswith(source + "/") and not inside_ok:
+            relation = "lies inside"
+        else:
+            continue
+        raise ValueError(
+            f"{what} {os.fspath(out)!r} {relation} the {name} {os.fspath(path)!r}; "
+            "writing it there could destroy the input: choose another output path"
+        )

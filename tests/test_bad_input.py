@@ -535,12 +535,6 @@ def test_fit_never_writes_its_model_over_its_input(spec_store) -> None:
     assert tree_digest(Path(spec_store)) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fit-nmf/fit-hmm go through example._fit_stage, which checks only "
-    "that the model file does not exist; over the input store the fit runs "
-    "to the end, then fails with '[Errno 21] Is a directory'",
-)
 def test_cli_fit_refuses_a_model_file_over_its_input(spec_store, capsys) -> None:
     before = tree_digest(Path(spec_store))
     argv = ["fit-nmf", spec_store, "-o", spec_store, "--overwrite", "--no-cluster"]
@@ -553,12 +547,6 @@ def test_cli_fit_refuses_a_model_file_over_its_input(spec_store, capsys) -> None
     assert "is the spectrogram store" in err and "could destroy the input" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="spectrograms_from_catalog/continuous remove an existing output "
-    "with overwrite=True without checking that it is not the waveform folder "
-    "or the catalog: the waveforms are deleted",
-)
 def test_spectrograms_never_write_over_their_waveforms(catalog, tmp_path) -> None:
     from specufex_dask.spectrogram import spectrograms_from_catalog
 

@@ -421,13 +421,6 @@ def test_stock_zarr_would_run_the_pickled_chunk(tmp_path, unsafe_pickle) -> None
     assert ran.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_data._open_variable (workers' chunk reads) opens the array with zarr "
-    "and decodes it without checking its metadata; it should call "
-    "store.check_array(array, spec.path) on the variable and the window "
-    "coordinate right after group[...] and before any read",
-)
 def test_worker_read_refuses_a_pickle_array_it_meets_directly(
     tmp_path, marker, unsafe_pickle
 ) -> None:
