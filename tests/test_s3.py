@@ -321,18 +321,6 @@ def test_s3_cli_run_writes_every_product_to_the_bucket(
 
 
 @pytest.mark.slow
-def test_s3_example_writes_to_the_bucket(bucket, s3_options, s3fs_client) -> None:
-    from specufex_dask.example import run_example
-
-    run_example(
-        f"s3://{bucket}/example", quick=True, n_windows=40, storage_options=s3_options
-    )
-
-    assert s3fs_client.exists(f"{bucket}/example/summary.json")
-    _assert_no_secret(s3fs_client, bucket)
-
-
-@pytest.mark.slow
 def test_s3_cli_example_writes_to_the_bucket(
     bucket, s3_endpoint, s3fs_client, capsys
 ) -> None:
