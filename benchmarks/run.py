@@ -60,8 +60,8 @@ def kernel_rows(quick: bool) -> list[Row]:
         found = [r for r in ratios if r.name == name]
         worst = min(found, key=lambda r: r.speedup)
         measured = "; ".join(
-            f"1/{r.speedup:.0f} ({r.kernel_s * 1e6:.0f} us vs {r.literal_s * 1e3:.1f} ms"
-            + (f", {r.detail})" if r.detail else ")")
+            f"1/{r.speedup:.0f} ({r.kernel_s * 1e6:.0f} us vs "
+            f"{r.literal_s * 1e3:.1f} ms" + (f", {r.detail})" if r.detail else ")")
             for r in found
         )
         rows.append(

@@ -1,25 +1,52 @@
 """Kernels of the Bayesian HMM on NMF activations (ALGORITHM.md §2).
 
-=========  ==================================================  ==============
-symbol     meaning                                             shape
-=========  ==================================================  ==============
-``Y``      gain-scaled activations of a block of sequences     (B, P, M)
-``B1, B2`` shape / rate of the gamma posterior of the rates    (S, P)
-``Pr``     emission likelihood per frame, max-normalised       (B, S, M)
-``a``      ``exp(E[ln A])``, sub-stochastic transition matrix  (S, S)
-``pi``     ``exp(E[ln pi])``, initial-state weights            (S,)
-``alpha``  normalised forward messages                         (S, M)
-``beta``   normalised backward messages                        (S, M)
-``gamma``  posterior state probabilities per frame             (B, S, M)
-``Adir``   Dirichlet parameters of each transition row         (B, S, S)
-``Pdir``   Dirichlet parameters of the initial state           (B, S)
-=========  ==================================================  ==============
+=============  ================================================  ===============
+symbol         meaning                                           shape
+=============  ================================================  ===============
+``Y``          gain-scaled activations of a block of sequences   (B, P, M)
+``B1, B2``     shape / rate of the gamma posterior of the rates  (S, P)
+``Pr``         emission likelihood per frame, max-normalised     (B, S, M)
+``a``          ``exp(E[ln A])``, sub-stochastic transitions      (S, S)
+``pi``         ``exp(E[ln pi])``, initial-state weights          (S,)
+``alpha``      normalised forward messages                       (S, M)
+``beta``       normalised backward messages                      (S, M)
+``alpha_hat``  forward messages before their normalisation       (S, M)
+``s(m)``       ``1 / sum alpha_hat(m-1)``, the deferred scale    (M,)
+``d(m)``       ``sum_j alpha_hat_j(m) beta_hat_j(m)``            (M,)
+``w(m)``       ``beta_hat(m) Pr(m) s(m) / d(m)``                 (S, M)
+``gamma``      posterior state probabilities per frame           (B, S, M)
+``Adir``       Dirichlet parameters of each transition row       (B, S, S)
+``Pdir``       Dirichlet parameters of the initial state         (B, S)
+``LANES``      sequences computed side by side in SIMD vectors   8
+``Sp``         S rounded up to whole blocks of 5 states          scalar
+=============  ================================================  ===============
 
-The forward–backward recursion is compiled with numba (GIL released) and
-loops over the sequences of a block. ``faithful=True`` reproduces the
-original package: the backward pass that leaves ``beta`` uniform (so
-``gamma`` is the filtered, not smoothed, posterior) and the transition
-normaliser taken along the wrong axis (ALGORITHM.md §3, defects 1 and 4).
+``faithful=True`` runs the original package's recursion one sequence at a
+time (:func:`_one_sequence`, numba): the backward pass that leaves ``beta``
+uniform (so ``gamma`` is the filtered, not smoothed, posterior) and the
+transition normaliser taken along the wrong axis (ALGORITHM.md §3, defects 1
+and 4), in the original's order of operations, which its golden outputs
+depend on.
+
+The corrected recursion runs ``LANES`` sequences side by side, one per lane
+of an explicit SIMD vector (:mod:`~specufex_dask.kernels._simd`), so every
+instruction advances eight independent recursions; each sequence's result
+does not depend on the others in its block. Its normalisation is deferred
+by one frame,
+
+    alpha_hat(m) = (a^T alpha_hat(m-1)) Pr(m) s(m),
+
+which is the literal's un-normalised message built from the normalised
+``alpha(m-1)``: the division for ``s(m)`` runs beside the products instead of
+in front of them (``beta_hat`` likewise). Then
+
+    gamma(m) = alpha_hat(m) beta_hat(m) / d(m),
+    xi_m[i, j] = a[i, j] alpha_hat_i(m-1) w_j(m),
+    Adir = tau_A + sum_m xi_m,
+
+with no normalisation pass per frame. ``E[ln A]`` row-normalised needs no
+logarithm: ``exp(psi(x) - psi(r)) = (x'/r') exp(e_x - e_r)`` with the parts
+of :func:`~specufex_dask.kernels.special.digamma_parts_lanes`.
 """
 
 from __future__ import annotations
@@ -177,23 +204,10 @@ def _batch(pr, n_inner, tau_pi, tau_a, faithful, gam, adir, pdir):
 
 # -- corrected path: lanes of sequences ------------------------------------
 #
-# LANES sequences run side by side, one per lane of a SIMD vector, so every
-# arithmetic instruction advances LANES independent recursions. Arrays of a
-# group of lanes are flat, lane index innermost: ``pr``, ``alpha``, ``beta``
-# and ``gamma`` are (M, Sp, LANES), ``a`` and ``Adir`` (Sp, Sp, LANES).
-# ``Sp`` rounds S up to whole register blocks of _BLOCK states; the padding
+# Arrays of a group of lanes are flat, lane index innermost: pr, alpha, beta
+# and gamma are (M, Sp, LANES), a and Adir (Sp, Sp, LANES). The padding
 # states have a = 0 and pr = 0, so they carry no probability and add exact
-# zeros. Every lane executes the same instructions whatever its neighbours
-# hold, so a sequence's result does not depend on the rest of its batch.
-#
-# Normalisation is deferred by one frame: the forward message of frame m is
-#   alpha_hat(m) = (a^T alpha_hat(m-1)) * pr(m) * s(m),  s(m) = 1 / sum alpha_hat(m-1)
-# which is the literal's un-normalised message built from the normalised
-# alpha(m-1), so the division for s(m) runs beside the products instead of
-# in front of them; beta_hat likewise. With d(m) = sum_j alpha_hat beta_hat,
-#   gamma(m) = alpha_hat(m) beta_hat(m) / d(m)
-#   xi_m[i, j] = a[i, j] alpha_hat_i(m-1) w_j(m),  w(m) = beta_hat(m) pr(m) s(m) / d(m)
-# and the expected transition counts are Adir = tau_A + sum_m a * alpha_hat(m-1) (x) w(m).
+# zeros. The kernels run with flush-to-zero on (see _simd).
 
 _BLOCK = 5
 # frames per pass of the transition counts (alpha and w of a chunk fill L1)

@@ -12,13 +12,21 @@ symbol     meaning                                                shape
 ``L``      ``E[ln W] + E[ln A]`` minus its maximum over patterns  (K, D)
 ``EWt``    ``exp(L / T)``                                         (K, D)
 ``EVt``    ``exp((E[ln V] - max_k E[ln V]) / T)``                 (B, K, M)
-``Z``      normaliser of the pattern responsibilities            (B, M, D)
+``Z``      normaliser of the pattern responsibilities             (B, M, D)
+``R``      ``X^T / Z``, the data over its expected value          (B, M, D)
+``Q``      ``EWt R^T``, so that ``sum_d P X = EVt Q``             (K, M)
 ``T``      annealing temperature (1 outside fitting)              scalar
+``Mp``     M rounded up to whole SIMD vectors (fused kernels)     scalar
 =========  =====================================================  ===========
 
 The responsibilities ``P[k, m, d] = EWt[k, d] EVt[k, m] / Z[m, d]`` are never
 formed: both of their contractions with ``X`` are matrix products
-(ALGORITHM.md §1d), which batch over the spectrograms of a block.
+(ALGORITHM.md §1d). :func:`fit_local_step` and :func:`transform_block` take
+one spectrogram at a time through L2-resident buffers: per iteration, one
+compiled SIMD pass updates ``V1`` and turns it into ``EVt`` (digamma, minus
+``ln V2``, max over patterns, exp), and the two products go to BLAS with one
+compiled pass for ``R`` between them. :func:`_responsibility_sums` states the
+same products in plain NumPy, as a reference.
 """
 
 from __future__ import annotations
