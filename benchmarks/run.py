@@ -175,9 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-e2e", action="store_true")
     parser.add_argument(
         "--what-if",
-        choices=["grouped"],
+        choices=["grouped", "blocks"],
         default=None,
-        help="apply a proposed orchestration change (benchmarks/what_if.py)",
+        help="apply a proposed change to the fits' reads (benchmarks/what_if.py)",
     )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -211,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks.what_if import grouped_reads
 
             stack.enter_context(grouped_reads())
+        elif args.what_if == "blocks":
+            from benchmarks.what_if import block_minibatches
+
+            stack.enter_context(block_minibatches())
         if not args.skip_scaling:
             n_scaling = 2048 if args.quick else 8192
             workload = cluster.Workload(

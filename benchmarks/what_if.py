@@ -1,9 +1,11 @@
-"""What-if: the fit's reads, grouped into a few tasks per SVI step.
+"""What-if: proposed changes to how a fit reads its minibatches.
 
-Not used by the package. This is a prototype of an orchestration change
-proposed for ``specufex_dask._svi.gather_statistics`` and
-``specufex_dask._data.read_rows``, applied by monkeypatching so that the
-benchmarks can measure it (``python -m benchmarks.run --what-if grouped``).
+Not used by the package. These are prototypes of changes proposed for
+``specufex_dask._svi`` and ``specufex_dask._data``, applied by monkeypatching
+so that the benchmarks can measure them (``python -m benchmarks.run
+--what-if grouped`` or ``--what-if blocks``).
+
+``grouped`` (:func:`grouped_reads`) changes only the orchestration:
 
 What it changes, and why (see ``benchmarks/README.md`` for the numbers):
 
@@ -20,6 +22,16 @@ The statistics are still returned per window and concatenated in index
 order, and a window's statistics do not depend on which other windows
 share its task (the kernels guarantee it bitwise), so the fit gives the same
 numbers bit for bit as the one-task-per-chunk plan.
+
+``blocks`` (:func:`block_minibatches`, on top of ``grouped``) changes the
+minibatch itself, so it is a modelling decision, not a free speed-up: a
+step draws ``batch_size / BLOCK`` runs of ``BLOCK`` consecutive training
+windows instead of ``batch_size`` independent windows. The draw still
+depends on ``(seed, step)`` only, not on the store's chunking, but a step
+now decompresses about ``batch_size / BLOCK`` chunks instead of about
+``batch_size`` (each chunk is decompressed whole to read one window).
+Consecutive windows of a catalogue are correlated (same station, nearby
+times), so the minibatch is a less varied sample of the data.
 """
 
 from __future__ import annotations
@@ -30,6 +42,8 @@ from typing import Any
 import numpy as np
 
 TASKS_PER_WORKER = 2
+#: consecutive windows per run of a block minibatch
+BLOCK = 16
 
 
 def _read_selected(spec, chunk_index: int, rows: np.ndarray) -> np.ndarray:
@@ -106,3 +120,31 @@ def grouped_reads():
         yield
     finally:
         _svi.gather_statistics, _data.Source.read = saved
+
+
+def draw_block_minibatch(
+    seed: int, step: int, n_window: int, batch_size: int
+) -> np.ndarray:
+    """Sorted indices of ``batch_size / BLOCK`` random runs of ``BLOCK``
+    consecutive windows, a function of ``(seed, step)`` only."""
+    size = min(batch_size, n_window)
+    n_runs = max(1, -(-size // BLOCK))
+    n_starts = max(1, n_window // BLOCK)
+    rng = np.random.default_rng([seed, step])
+    starts = rng.choice(n_starts, size=min(n_runs, n_starts), replace=False) * BLOCK
+    indices = (starts[:, None] + np.arange(BLOCK)[None, :]).ravel()
+    return np.sort(indices[indices < n_window])[:size]
+
+
+@contextlib.contextmanager
+def block_minibatches():
+    """Grouped reads plus minibatches of consecutive runs of windows."""
+    from specufex_dask import _svi
+
+    saved = _svi.draw_minibatch
+    _svi.draw_minibatch = draw_block_minibatch
+    try:
+        with grouped_reads():
+            yield
+    finally:
+        _svi.draw_minibatch = saved
