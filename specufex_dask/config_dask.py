@@ -8,8 +8,8 @@ every user setting, so each key stays overridable the Dask way:
 - an environment variable, ``DASK_SPECUFEX_DASK__WORKER_THREADS=2``;
 - ``dask.config.set({"specufex-dask.worker-threads": 2})``.
 
-Keys: ``worker-threads``, ``blas-threads``, ``zarr-concurrency``,
-``dashboard-link``, ``chunk-target-mb``, ``retries``.
+Keys: ``worker-threads``, ``blas-threads``, ``worker-mmap-threshold-mb``,
+``zarr-concurrency``, ``dashboard-link``, ``chunk-target-mb``, ``retries``.
 
 Examples
 --------

@@ -10,6 +10,7 @@ does not depend on which worker finished first.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -37,6 +38,111 @@ def pin_blas_threads(n_threads: int = 1) -> None:
 
 def _pin_worker_threads(n_threads: int) -> None:
     pin_blas_threads(n_threads)
+
+
+#: glibc's allocator: arrays above this many bytes get a mapping of their own
+MMAP_THRESHOLD_VAR = "MALLOC_MMAP_THRESHOLD_"
+#: glibc's allocator: free memory above this many bytes is given back
+TRIM_THRESHOLD_VAR = "MALLOC_TRIM_THRESHOLD_"
+#: a trim threshold this low, with no mmap threshold set, makes reads slow
+SLOW_TRIM_THRESHOLD = 32 * 2**20
+
+
+def worker_environ() -> dict[str, str]:
+    """Allocator settings for the worker processes the package starts.
+
+    Dask starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` so that freed
+    memory goes back to the system. Setting it also pins glibc's mmap
+    threshold at 128 KiB: every chunk a task reads is then mapped afresh
+    and page-faulted in, and decompressing or copying it takes several
+    times as long as in a plain process. The config key
+    ``specufex-dask.worker-mmap-threshold-mb`` (default 64) sets
+    ``MALLOC_MMAP_THRESHOLD_`` to that size and ``MALLOC_TRIM_THRESHOLD_``
+    to twice it, glibc's own ratio; null keeps Dask's setting.
+
+    Returns
+    -------
+    dict
+        Environment variables and their values (empty for null).
+    """
+    from specufex_dask import config_dask
+
+    mb = config_dask.get("worker-mmap-threshold-mb", None)
+    if mb is None:
+        return {}
+    threshold = int(float(mb) * 2**20)
+    return {MMAP_THRESHOLD_VAR: str(threshold), TRIM_THRESHOLD_VAR: str(2 * threshold)}
+
+
+@contextlib.contextmanager
+def _spawn_environ(environ: dict[str, str]):
+    """Give worker processes spawned in this block ``environ``.
+
+    The nanny prefers a variable already in this process's environment to
+    its config (and leaves its own values there after a spawn), so both
+    are set for the block and this process's environment is restored after.
+    """
+    import dask.config
+
+    saved = {k: os.environ.get(k) for k in environ}
+    os.environ.update(environ)
+    try:
+        with dask.config.set(
+            {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in environ.items()}
+        ):
+            yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _allocator_environ() -> dict[str, str | None]:
+    return {k: os.environ.get(k) for k in (MMAP_THRESHOLD_VAR, TRIM_THRESHOLD_VAR)}
+
+
+def slow_allocator(env: dict[str, str | None]) -> bool:
+    """Whether a process with this environment maps every chunk afresh."""
+    trim = env.get(TRIM_THRESHOLD_VAR)
+    if not trim or env.get(MMAP_THRESHOLD_VAR):
+        return False
+    try:
+        return int(trim) < SLOW_TRIM_THRESHOLD
+    except ValueError:
+        return False
+
+
+def check_worker_allocator(client) -> list[str]:
+    """Warn about workers whose allocator maps every chunk afresh.
+
+    Only workers the package did not start can be in that state (``dask
+    worker`` with Dask's defaults); the fix goes into the environment they
+    are started with. Returns those workers' addresses.
+    """
+    try:
+        environs = client.run(_allocator_environ)
+    except Exception as exc:  # a worker that cannot answer is no reason to stop
+        logger.debug("could not read the workers' environment: %s", exc)
+        return []
+    slow = sorted(a for a, env in environs.items() if slow_allocator(env))
+    if slow:
+        fix = " ".join(f"{k}={v}" for k, v in worker_environ().items()) or (
+            f"{MMAP_THRESHOLD_VAR}=67108864 {TRIM_THRESHOLD_VAR}=134217728"
+        )
+        logger.warning(
+            "%d of %d workers run with %s=%s and no %s: every chunk they read is "
+            "page-faulted into fresh memory, which makes reads several times "
+            "slower; export %s where the workers are started",
+            len(slow),
+            len(environs),
+            TRIM_THRESHOLD_VAR,
+            environs[slow[0]].get(TRIM_THRESHOLD_VAR),
+            MMAP_THRESHOLD_VAR,
+            fix,
+        )
+    return slow
 
 
 def get_client(
@@ -85,21 +191,25 @@ def get_client(
         else:
             client = Client(scheduler)
         logger.info("joined scheduler %s", client.scheduler.address)
+        check_worker_allocator(client)
     else:
         n_workers = n_workers or max(1, (os.cpu_count() or 1) // threads_per_worker)
-        cluster = LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=threads_per_worker,
-            processes=processes,
-            host="127.0.0.1",
-            dashboard_address=dashboard_address,
-            memory_limit=memory_limit,
-        )
+        environ = worker_environ()
+        with _spawn_environ(environ):
+            cluster = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=threads_per_worker,
+                processes=processes,
+                host="127.0.0.1",
+                dashboard_address=dashboard_address,
+                memory_limit=memory_limit,
+            )
         client = Client(cluster)
         logger.info(
-            "started LocalCluster: %d workers x %d threads",
+            "started LocalCluster: %d workers x %d threads, worker environment %s",
             n_workers,
             threads_per_worker,
+            environ or "as Dask sets it",
         )
     client.run(_pin_worker_threads, int(config_dask.get("blas-threads")))
     logger.info("Dask dashboard: %s", client.dashboard_link)

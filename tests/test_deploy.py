@@ -490,6 +490,7 @@ def test_config_defaults_load_through_dask() -> None:
     assert set(expected) == {
         "worker-threads",
         "blas-threads",
+        "worker-mmap-threshold-mb",
         "zarr-concurrency",
         "dashboard-link",
         "chunk-target-mb",
