@@ -207,7 +207,8 @@ class SVIModel:
             stats = self._kernel(
                 self._shared(), source.read(np.arange(source.n_window))
             )
-            record = self._update(_svi.minibatch_mean(stats), source.n_window)
+            mean = _svi.minibatch_mean(_svi.block_sums(stats), source.n_window)
+            record = self._update(mean, source.n_window)
             self.n_steps_done_ += 1
             record["step"] = self.n_steps_done_
             self.history_.append(record)
@@ -334,7 +335,8 @@ class SVIModel:
                 what=self._what,
                 stage=f"{self._model_name}-step",
             )
-            record = self._update(_svi.minibatch_mean(stats), len(indices))
+            mean = _svi.minibatch_mean(stats, len(indices))
+            record = self._update(mean, len(indices))
             self.n_steps_done_ += 1
             last = self.n_steps_done_ == n_steps
             if validation is not None and (

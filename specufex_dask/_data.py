@@ -93,11 +93,13 @@ def _open_variable(spec: StoreSpec):
 
 
 def read_rows(
-    spec: StoreSpec, chunk_index: int, rows: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Read the given rows (offsets within one chunk) of a stored variable.
+    spec: StoreSpec, chunk_index: int, rows: np.ndarray, *, ids: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read the given rows (sorted offsets within one chunk) of a stored variable.
 
-    Returns the values as float64 and the window ids of those rows.
+    Returns the values as float64 and the window ids of those rows (``None``
+    with ``ids=False``, for a caller that holds them already). Only the
+    selected rows are converted to float64.
     Transient I/O errors (time-outs, dropped connections of an object store)
     are retried up to :data:`READ_ATTEMPTS` times with a doubling pause.
 
@@ -110,11 +112,14 @@ def read_rows(
     while True:
         try:
             array, window = _open_variable(spec)
-            start = chunk_index * spec.chunk_size
-            stop = min(start + spec.chunk_size, array.shape[0])
-            block = np.asarray(array[start:stop], dtype=np.float64)
-            ids = np.asarray(window[start:stop])
-            return block[rows], ids[rows]
+            # the rows' span: the store decompresses the chunk once either way
+            lo = chunk_index * spec.chunk_size + int(rows[0])
+            hi = chunk_index * spec.chunk_size + int(rows[-1]) + 1
+            selected = rows - rows[0]
+            values = np.asarray(array[lo:hi])[selected].astype(np.float64)
+            if not ids:
+                return values, None
+            return values, np.asarray(window[lo:hi])[selected]
         except OSError as exc:
             if not is_transient(exc) or attempt == READ_ATTEMPTS:
                 raise StoreReadError(
@@ -221,7 +226,10 @@ class Source:
         """
         if self.values is not None:
             return np.asarray(self.values[indices], dtype=np.float64)
-        parts = [read_rows(self.spec, c, rows)[0] for c, rows in self.plan(indices)]
+        parts = [
+            read_rows(self.spec, c, rows, ids=False)[0]
+            for c, rows in self.plan(indices)
+        ]
         values = np.concatenate(parts, axis=0)
         check_values(values, self.window[indices], self.spec.variable)
         return values

@@ -2,11 +2,18 @@
 
 An SVI step draws a minibatch of window indices from a generator seeded by
 ``(seed, step)`` — independent of chunking and of the number of workers —
-computes per-window sufficient statistics on the workers (or here), stacks
-them in index order, and hands their mean to the model's global update.
-Because the per-window statistics of a window do not depend on which other
-windows share its task, and the mean is always taken in index order, a fit
-gives the same numbers with any chunking and any number of workers.
+computes per-window sufficient statistics on the workers (or here), and hands
+their mean to the model's global update.
+
+The sum behind that mean has a fixed shape, so that a fit gives the same
+numbers bit for bit with any chunking, any number of workers and with no
+cluster at all: the minibatch (sorted) is cut into *blocks* of
+:data:`SUM_BLOCK` consecutive windows, each block is summed window by window
+in index order, and the block sums are then added in block order. A task
+works on whole blocks and sends back only their sums, so a step moves
+``batch_size / SUM_BLOCK`` statistics over the network, not one per window.
+A window's statistics never depend on which other windows share its task
+(the kernels guarantee it bitwise).
 """
 
 from __future__ import annotations
@@ -24,6 +31,13 @@ logger = logging.getLogger(__name__)
 
 Kernel = Callable[[Any, np.ndarray], tuple[np.ndarray, ...]]
 
+#: consecutive windows of a minibatch summed together before the block sums
+#: are added up; fixes the order of every addition
+SUM_BLOCK = 16
+#: tasks per worker thread in one SVI step: enough to keep every thread busy
+#: while the slowest task finishes, few enough that scheduling is negligible
+TASKS_PER_THREAD = 2
+
 
 def default_batch_size(n_window: int) -> int:
     """Minibatch size from the data size: about ``2 sqrt(N)``, within [8, 256]."""
@@ -37,17 +51,50 @@ def draw_minibatch(seed: int, step: int, n_window: int, batch_size: int) -> np.n
     return np.sort(rng.choice(n_window, size=size, replace=False))
 
 
+def _ordered_sum(rows: np.ndarray) -> np.ndarray:
+    """Sum over the first axis, one row after the other (a fixed order)."""
+    total = np.array(rows[0], dtype=np.float64, copy=True)
+    for row in rows[1:]:
+        total += row
+    return total
+
+
+def block_sums(stats: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+    """Sums of consecutive blocks of :data:`SUM_BLOCK` windows (the last may
+    be shorter), each added in window order; arrays of shape
+    ``(n_block, ...)``."""
+    n = stats[0].shape[0]
+    starts = range(0, n, SUM_BLOCK)
+    return tuple(
+        np.stack([_ordered_sum(s[i : i + SUM_BLOCK]) for i in starts]) for s in stats
+    )
+
+
+def minibatch_mean(sums: Sequence[np.ndarray], n_window: int) -> tuple[np.ndarray, ...]:
+    """Mean over the windows of a minibatch from its :func:`block_sums`,
+    the blocks added in order (deterministic)."""
+    return tuple(_ordered_sum(s) / n_window for s in sums)
+
+
 def _statistics_task(
     kernel: Kernel,
     shared: Any,
     spec: StoreSpec,
-    chunk_index: int,
-    rows: np.ndarray,
+    plan: list[tuple[int, np.ndarray]],
+    ids: np.ndarray,
     what: str,
 ) -> tuple[np.ndarray, ...]:
-    values, ids = read_rows(spec, chunk_index, rows)
+    """Block sums of the statistics of whole blocks of windows of a store."""
+    values = np.concatenate(
+        [read_rows(spec, c, rows, ids=False)[0] for c, rows in plan]
+    )
     check_values(values, ids, what)
-    return kernel(shared, values)
+    return block_sums(kernel(shared, values))
+
+
+def _n_threads(client) -> int:
+    workers = client.scheduler_info().get("workers", {})
+    return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
 
 
 def gather_statistics(
@@ -60,26 +107,25 @@ def gather_statistics(
     what: str,
     stage: str,
 ) -> tuple[np.ndarray, ...]:
-    """Per-window statistics of the windows at sorted ``indices``, in that order.
+    """:func:`block_sums` of the statistics of the windows at sorted ``indices``.
 
-    With a client and a store-backed source, one task per chunk touched reads
-    its rows from the store; otherwise the rows are read and processed here.
+    With a client and a store-backed source, the blocks are shared out in
+    contiguous runs between :data:`TASKS_PER_THREAD` tasks per worker
+    thread, each reading its windows from the store and returning its block
+    sums; otherwise the windows are read and processed here.
     """
     if client is None or source.spec is None:
         # rows of a store are checked as they are read
-        return kernel(shared, source.read(indices))
+        return block_sums(kernel(shared, source.read(indices)))
 
-    plan = source.plan(indices)
+    n_block = -(-indices.size // SUM_BLOCK)
+    n_task = min(n_block, TASKS_PER_THREAD * _n_threads(client))
+    edges = np.linspace(0, n_block, n_task + 1).round().astype(int) * SUM_BLOCK
+    arguments = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        part = indices[lo:hi]
+        arguments.append((source.spec, source.plan(part), source.window[part], what))
     results = run_tasks(
-        _statistics_task,
-        [(source.spec, c, rows, what) for c, rows in plan],
-        client=client,
-        stage=stage,
-        shared=(kernel, shared),
+        _statistics_task, arguments, client=client, stage=stage, shared=(kernel, shared)
     )
     return tuple(np.concatenate(parts, axis=0) for parts in zip(*results, strict=True))
-
-
-def minibatch_mean(stats: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
-    """Mean over windows, summed in index order (deterministic)."""
-    return tuple(np.add.reduce(s, axis=0) / s.shape[0] for s in stats)

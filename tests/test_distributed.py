@@ -3,6 +3,8 @@ number of workers, and transforms write the store contract."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -88,6 +90,29 @@ def test_nmf_fit_is_identical_for_any_workers_and_chunking(
                 model.W1_, reference.W1_, err_msg=f"{n_workers} workers, chunk {chunk}"
             )
             np.testing.assert_array_equal(model.A1_, reference.A1_)
+
+
+@pytest.mark.cluster
+def test_minibatches_of_several_blocks_sum_the_same_on_any_workers_and_chunking(
+    X, stores, cluster_clients, tmp_path
+) -> None:
+    # 37 windows: three blocks of the fixed sum (16, 16, 5), which cross chunk
+    # boundaries and are shared out between 2 or 3 tasks depending on workers
+    nmf_params = dict(NMF, batch_size=37)
+    hmm_params = dict(HMM, batch_size=37)
+    nmf_ref = BayesianNonparametricNMF(**nmf_params).fit(X)
+    hmm_ref = BayesianHMM(**hmm_params, gain=nmf_ref.gain_).fit(nmf_ref.transform(X))
+    for chunk, path in stores.items():
+        act = pipeline.transform_nmf(
+            nmf_ref, path, str(tmp_path / f"act{chunk}.zarr"), dtype="float64"
+        )
+        for n_workers, client in cluster_clients.items():
+            label = f"{n_workers} workers, chunk {chunk}"
+            nmf = BayesianNonparametricNMF(**nmf_params).fit(path, client=client)
+            np.testing.assert_array_equal(nmf.W1_, nmf_ref.W1_, err_msg=label)
+            np.testing.assert_array_equal(nmf.A1_, nmf_ref.A1_, err_msg=label)
+            hmm = BayesianHMM(**hmm_params).fit(act, client=client)
+            np.testing.assert_array_equal(hmm.B1_, hmm_ref.B1_, err_msg=label)
 
 
 @pytest.mark.cluster
@@ -213,3 +238,67 @@ def test_bad_values_in_a_store_name_the_window(X, tmp_path) -> None:
         ValueError, match=r"window 'XX.STA2..HHZ.0017' has negative values"
     ):
         BayesianNonparametricNMF(n_patterns=4, n_steps=40, batch_size=40).fit(path)
+
+
+# -- the workers' memory allocator ----------------------------------------------
+
+
+def test_slow_allocator_is_dasks_trim_threshold_without_an_mmap_threshold() -> None:
+    from specufex_dask import parallel
+
+    trim, mmap = parallel.TRIM_THRESHOLD_VAR, parallel.MMAP_THRESHOLD_VAR
+    assert parallel.slow_allocator({trim: "65536"})
+    assert parallel.slow_allocator({trim: "65536", mmap: None})
+    assert not parallel.slow_allocator({trim: "65536", mmap: "67108864"})
+    assert not parallel.slow_allocator({})
+    assert not parallel.slow_allocator({trim: str(64 * 2**20)})
+    assert parallel.worker_environ() == {mmap: "67108864", trim: "134217728"}
+
+
+@pytest.mark.cluster
+def test_package_cluster_workers_get_the_allocator_settings(monkeypatch) -> None:
+    import dask
+
+    from specufex_dask import parallel
+
+    trim, mmap = parallel.TRIM_THRESHOLD_VAR, parallel.MMAP_THRESHOLD_VAR
+    # as Dask leaves it after starting workers with its defaults
+    monkeypatch.setenv(trim, "65536")
+    monkeypatch.delenv(mmap, raising=False)
+    with dask.config.set({"specufex-dask.worker-mmap-threshold-mb": 32}):
+        client = parallel.get_client(n_workers=1, dashboard_address="127.0.0.1:0")
+    try:
+        (env,) = client.run(parallel._allocator_environ).values()
+        assert env == {mmap: str(32 * 2**20), trim: str(64 * 2**20)}
+        assert parallel.check_worker_allocator(client) == []
+    finally:
+        client.cluster.close()
+        client.close()
+    # this process's environment is left as it was
+    assert os.environ[trim] == "65536" and mmap not in os.environ
+
+
+@pytest.mark.cluster
+def test_workers_with_dasks_allocator_defaults_get_a_warning(
+    monkeypatch, caplog
+) -> None:
+    import dask
+
+    from specufex_dask import parallel
+
+    monkeypatch.setenv(parallel.TRIM_THRESHOLD_VAR, "65536")
+    monkeypatch.delenv(parallel.MMAP_THRESHOLD_VAR, raising=False)
+    with dask.config.set({"specufex-dask.worker-mmap-threshold-mb": None}):
+        client = parallel.get_client(n_workers=1, dashboard_address="127.0.0.1:0")
+    try:
+        with caplog.at_level("WARNING", logger="specufex_dask.parallel"):
+            slow = parallel.check_worker_allocator(client)
+        assert slow == list(client.scheduler_info()["workers"])
+        assert (
+            "1 of 1 workers run with MALLOC_TRIM_THRESHOLD_=65536 and no "
+            "MALLOC_MMAP_THRESHOLD_" in caplog.text
+        )
+        assert "export MALLOC_MMAP_THRESHOLD_=67108864" in caplog.text
+    finally:
+        client.cluster.close()
+        client.close()

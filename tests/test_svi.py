@@ -1,0 +1,58 @@
+"""The fixed-order sum of an SVI step, and how the steps are shared out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from specufex_dask import _svi
+
+
+def sequential_sum(rows) -> np.ndarray:
+    """The oracle: a plain loop adding window after window."""
+    total = np.zeros_like(rows[0])
+    for row in rows:
+        total = total + row
+    return total
+
+
+@pytest.mark.parametrize("n_window", [1, 5, 16, 17, 37, 256])
+def test_block_sums_add_each_block_window_by_window(n_window) -> None:
+    rng = np.random.default_rng(n_window)
+    stats = (rng.gamma(0.5, 3.0, (n_window, 4, 3)), rng.gamma(0.5, 3.0, (n_window, 4)))
+    sums = _svi.block_sums(stats)
+    n_block = -(-n_window // _svi.SUM_BLOCK)
+    for s, full in zip(sums, stats, strict=True):
+        assert s.shape == (n_block, *full.shape[1:])
+        for b in range(n_block):
+            block = full[b * _svi.SUM_BLOCK : (b + 1) * _svi.SUM_BLOCK]
+            np.testing.assert_array_equal(s[b], sequential_sum(block))
+    mean = _svi.minibatch_mean(sums, n_window)
+    for m, s, full in zip(mean, sums, stats, strict=True):
+        np.testing.assert_array_equal(m, sequential_sum(s) / n_window)
+        np.testing.assert_allclose(m, full.mean(axis=0), rtol=1e-13)
+
+
+def test_a_single_window_is_its_own_mean() -> None:
+    # faithful mode takes steps of one window: the mean must be that window
+    x = np.array([[0.1, 0.2, 0.7]])
+    (mean,) = _svi.minibatch_mean(_svi.block_sums((x,)), 1)
+    assert mean.tolist() == [0.1, 0.2, 0.7]
+
+
+def test_block_sums_do_not_depend_on_the_memory_layout() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.gamma(0.5, 3.0, (40, 6, 5))
+    (c_order,) = _svi.block_sums((x,))
+    (f_order,) = _svi.block_sums((np.asfortranarray(x),))
+    (views,) = _svi.block_sums((x.transpose(0, 2, 1).copy().transpose(0, 2, 1),))
+    np.testing.assert_array_equal(c_order, f_order)
+    np.testing.assert_array_equal(c_order, views)
+
+
+def test_minibatches_depend_on_seed_and_step_only() -> None:
+    a = _svi.draw_minibatch(5, 3, 1000, 256)
+    assert np.array_equal(a, _svi.draw_minibatch(5, 3, 1000, 256))
+    assert not np.array_equal(a, _svi.draw_minibatch(5, 4, 1000, 256))
+    assert a.size == 256 and np.all(np.diff(a) > 0)
+    assert _svi.draw_minibatch(5, 3, 10, 256).tolist() == list(range(10))
