@@ -3,9 +3,9 @@ into another store, chunk by chunk on the Dask workers.
 
 Transforms follow the store contract of :mod:`specufex_dask.store`: the
 output keeps the input's ``window`` coordinate, per-window coordinates and
-chunking; one task per chunk reads its rows, computes and writes its own
-region, then marks it done. A re-run after an interruption writes only the
-missing chunks.
+chunking; a task takes a run of chunks and, one chunk after another, reads
+its rows, computes, writes its own region and marks it done. A re-run after
+an interruption writes only the missing chunks.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from specufex_dask import __version__, _redact, dims, store
+from specufex_dask import __version__, _redact, _svi, dims, store
 from specufex_dask._data import StoreSpec, as_source, check_values, read_rows
 from specufex_dask.hmm import BayesianHMM
 from specufex_dask.hmm import _transform_kernel as _hmm_kernel
@@ -30,6 +30,11 @@ from specufex_dask.nmf import _transform_kernel as _nmf_kernel
 from specufex_dask.parallel import run_tasks
 
 logger = logging.getLogger(__name__)
+
+#: windows a transform task handles, about 1 s of NMF transform on one core
+TASK_WINDOWS = 1024
+#: fewest transform tasks per worker thread, for balance at the end of a stage
+MIN_TASKS_PER_THREAD = 4
 
 
 def _as_model(model: Any, cls, storage_options: Mapping | None):
@@ -107,23 +112,46 @@ def _prepare_output(
     return store.completed_chunks(out, storage_options)
 
 
-def _transform_chunk(
+def _transform_chunks(
     kernel: Callable,
     shared: Any,
     build: Callable,
     in_spec: StoreSpec,
     out: str,
     out_options: store.FrozenOptions,
-    chunk_index: int,
-    n_rows: int,
+    chunks: list[tuple[int, int]],
     what: str,
-) -> int:
-    values, ids = read_rows(in_spec, chunk_index, np.arange(n_rows))
-    check_values(values, ids, what)
-    block = build(kernel(shared, values))
-    return store.write_region(
-        out, block, chunk_index, in_spec.chunk_size, out_options.to_dict() or None
-    )
+) -> list[int]:
+    """Transform and write ``(chunk_index, n_rows)`` chunks one after another.
+
+    Each chunk is marked done as soon as it is written, so an interrupted
+    task leaves its finished chunks for a re-run to skip.
+    """
+    options = out_options.to_dict() or None
+    group = store.open_regions(out, options)
+    written = []
+    for chunk_index, n_rows in chunks:
+        values, ids = read_rows(in_spec, chunk_index, np.arange(n_rows))
+        check_values(values, ids, what)
+        block = build(kernel(shared, values))
+        written.append(
+            store.write_region(
+                out, block, chunk_index, in_spec.chunk_size, options, group=group
+            )
+        )
+    return written
+
+
+def chunks_per_task(n_chunk: int, chunk_size: int, n_threads: int) -> int:
+    """Chunks a transform task handles, one after another.
+
+    About :data:`TASK_WINDOWS` windows per task, so that scheduling stays a
+    small part of each task, but at least :data:`MIN_TASKS_PER_THREAD` tasks
+    per worker thread, so that the last tasks still keep every thread busy.
+    """
+    by_size = max(1, round(TASK_WINDOWS / chunk_size))
+    by_balance = max(1, n_chunk // (MIN_TASKS_PER_THREAD * max(1, n_threads)))
+    return int(min(by_size, by_balance))
 
 
 def _run_chunks(
@@ -142,27 +170,25 @@ def _run_chunks(
 ) -> None:
     n_window = source.n_window
     size = source.spec.chunk_size
-    todo = [c for c in range(done.size) if not done[c]]
-    arguments = [
-        (
-            source.spec,
-            out,
-            store.FrozenOptions(storage_options or {}),
-            c,
-            min(size, n_window - c * size),
-            what,
-        )
-        for c in todo
+    todo = [
+        (c, min(size, n_window - c * size)) for c in range(done.size) if not done[c]
     ]
+    per_task = chunks_per_task(
+        len(todo), size, 1 if client is None else _svi.n_threads(client)
+    )
+    groups = [todo[i : i + per_task] for i in range(0, len(todo), per_task)]
+    options = store.FrozenOptions(storage_options or {})
+    arguments = [(source.spec, out, options, group, what) for group in groups]
     logger.info(
-        "%s: %d chunks of %d windows to write (%d done)",
+        "%s: %d chunks of %d windows to write (%d done), %d per task",
         stage,
         len(todo),
         size,
         done.size - len(todo),
+        per_task,
     )
     run_tasks(
-        _transform_chunk,
+        _transform_chunks,
         arguments,
         client=client,
         progress=progress,

@@ -167,7 +167,8 @@ def _codec_ids_v2(meta: Mapping) -> list[str]:
 
 def _codec_names_v3(codecs: Any) -> list[str]:
     names = []
-    for codec in codecs if isinstance(codecs, list) else [codecs]:
+    # a JSON document holds lists; zarr-python's to_dict() gives tuples
+    for codec in codecs if isinstance(codecs, list | tuple) else [codecs]:
         name = codec.get("name") if isinstance(codec, Mapping) else codec
         names.append(str(name) if isinstance(name, str) else repr(name))
         config = codec.get("configuration") if isinstance(codec, Mapping) else None
@@ -646,18 +647,74 @@ def _done_array(
     return done
 
 
-def _n_window(path: str | os.PathLike, storage_options: Mapping | None) -> int:
-    group = zarr.open_group(
-        os.fspath(path), mode="r", storage_options=url_options(path, storage_options)
-    )
-    return int(group[dims.WINDOW].shape[0])
-
-
 def completed_chunks(
     path: str | os.PathLike, storage_options: Mapping | None = None
 ) -> np.ndarray:
     """Boolean array, one entry per chunk: whether that region is written."""
     return np.asarray(_done_array(path, storage_options, mode="r")[:]).astype(bool)
+
+
+def open_regions(path: str | os.PathLike, storage_options: Mapping | None = None):
+    """Open a store created by :func:`create_store` to write regions into.
+
+    A task that writes several chunks opens the store once and hands the
+    result to each :func:`write_region`. The array metadata come from the
+    consolidated record that :func:`create_store` wrote (fixed while regions
+    are written): one read, not a listing and two reads per variable, which
+    an object store charges by the request.
+    """
+    return zarr.open_group(
+        os.fspath(path), mode="r+", storage_options=url_options(path, storage_options)
+    )
+
+
+#: attributes by which xarray transforms values on their way into a store
+_ENCODING_ATTRS = ("scale_factor", "add_offset", "calendar")
+
+
+def _encoded(attrs: Mapping) -> bool:
+    """Whether xarray transforms the values of an array with these attributes."""
+    units = attrs.get("units")
+    return any(k in attrs for k in _ENCODING_ATTRS) or (
+        isinstance(units, str) and " since " in units
+    )
+
+
+def _stored_dims(array) -> tuple[str, ...] | None:
+    names = getattr(array.metadata, "dimension_names", None)
+    if names is None:
+        names = array.attrs.get("_ARRAY_DIMENSIONS")
+    return tuple(names) if names is not None else None
+
+
+def _write_plain(group, block: xr.Dataset, start: int, stop: int, path) -> bool:
+    """Write the variables of ``block`` straight into their zarr arrays.
+
+    Returns False, writing nothing, when a variable needs xarray's encoding
+    (dates, strings, scaled integers …) and the caller must let xarray
+    write it.
+    """
+    targets = []
+    for name, var in block.data_vars.items():
+        array = group[str(name)]
+        check_array(array, path)
+        order = _stored_dims(array)
+        if (
+            order is None
+            or set(order) != set(var.dims)
+            or var.dtype.kind not in "fiub"
+            or array.dtype.kind not in "fiub"
+            or (array.dtype.kind in "iub" and var.dtype.kind == "f")
+            or _encoded(array.attrs)
+        ):
+            return False
+        targets.append((array, order, var))
+    for array, order, var in targets:
+        region = tuple(
+            slice(start, stop) if d == dims.WINDOW else slice(None) for d in order
+        )
+        array[region] = np.asarray(var.transpose(*order).values, dtype=array.dtype)
+    return True
 
 
 def write_region(
@@ -666,16 +723,22 @@ def write_region(
     chunk_index: int,
     chunk_size: int,
     storage_options: Mapping | None = None,
+    *,
+    group=None,
 ) -> int:
     """Write one chunk-aligned block of data variables, then mark it done.
 
-    Returns the chunk index, so that a task graph can gather completions.
+    ``group`` is the store opened by :func:`open_regions`, for a caller that
+    writes several chunks; by default the store is opened here. Returns the
+    chunk index, so that a task graph can gather completions.
     """
+    if group is None:
+        group = open_regions(path, storage_options)
     start = chunk_index * chunk_size
     stop = start + block.sizes[dims.WINDOW]
     if block.sizes[dims.WINDOW] > chunk_size or (
         block.sizes[dims.WINDOW] < chunk_size
-        and stop < _n_window(path, storage_options)
+        and stop < int(group[dims.WINDOW].shape[0])
     ):
         raise ValueError(
             f"block of {block.sizes[dims.WINDOW]} windows does not fill chunk "
@@ -684,22 +747,28 @@ def write_region(
     data_only = block.drop_vars(
         [c for c in block.coords if dims.WINDOW in block[c].dims or c in block.dims]
     )
-    region = {
-        d: slice(start, stop) if d == dims.WINDOW else slice(None)
-        for d in data_only.dims
-    }
-    # array metadata comes from the consolidated record that create_store
-    # wrote (fixed while regions are written): one read instead of a listing
-    # and two reads per variable, which an object store charges by the request
-    data_only.to_zarr(
-        os.fspath(path),
-        region=region,
-        storage_options=url_options(path, storage_options),
-        consolidated=None,
-    )
+    # numbers go straight into their arrays; anything xarray encodes goes
+    # through xarray (a region write of every variable)
+    if not _write_plain(group, data_only, start, stop, path):
+        region = {
+            d: slice(start, stop) if d == dims.WINDOW else slice(None)
+            for d in data_only.dims
+        }
+        data_only.to_zarr(
+            os.fspath(path),
+            region=region,
+            storage_options=url_options(path, storage_options),
+            consolidated=None,
+        )
     # completion last: a region is only ever marked done after its data
-    _done_array(path, storage_options)[chunk_index] = 1
+    _mark_done(group, chunk_index, path)
     return chunk_index
+
+
+def _mark_done(group, chunk_index: int, path: str | os.PathLike) -> None:
+    done = group[DONE_VAR]
+    check_array(done, path)
+    done[chunk_index] = 1
 
 
 def finalize_store(

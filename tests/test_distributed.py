@@ -194,9 +194,9 @@ def test_interrupted_transform_resumes_only_missing_chunks(
     written = []
     original = store.write_region
 
-    def counting(path, block, chunk_index, chunk_size, storage_options=None):
+    def counting(path, block, chunk_index, chunk_size, storage_options=None, **kw):
         written.append(chunk_index)
-        return original(path, block, chunk_index, chunk_size, storage_options)
+        return original(path, block, chunk_index, chunk_size, storage_options, **kw)
 
     monkeypatch.setattr(store, "write_region", counting)
     pipeline.transform_nmf(nmf, spec, out)

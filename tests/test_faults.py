@@ -316,11 +316,11 @@ def test_fault_worker_killed_between_writing_and_marking_a_chunk(
     marker = tmp_path / "died-after-write"
     out = str(tmp_path / "act.zarr")
     wait_for_fresh_workers(client)
-    client.run(_arm, "specufex_dask.store", "_done_array", str(marker), "die")
+    client.run(_arm, "specufex_dask.store", "_mark_done", str(marker), "die")
     try:
         bounded(pipeline.transform_nmf, nmf_file, spec_store, out, client=client)
     finally:
-        client.run(_disarm, "specufex_dask.store", "_done_array")
+        client.run(_disarm, "specufex_dask.store", "_mark_done")
 
     # a worker died with its chunk's data in the store and the chunk unmarked;
     # the chunk was written again elsewhere, and the store is the reference
@@ -554,3 +554,50 @@ def test_fault_regions_align_with_chunks_so_no_two_tasks_share_one(
     with pytest.raises(ValueError, match=r"block of 3 windows does not fill chunk 1"):
         store.write_region(out, block.isel({dims.WINDOW: slice(3)}), 1, 5)
     assert not store.completed_chunks(out).any()
+
+
+def test_regions_written_directly_read_back_as_xarray_wrote_them(tmp_path) -> None:
+    # numbers go straight into their zarr arrays (stored dim order, dtype);
+    # a block with a date goes through xarray's encoding instead
+    rng = np.random.default_rng(0)
+    n, chunk = 12, 5
+    values = rng.gamma(2.0, 1.0, (n, 3, 4))
+    times = np.datetime64("2024-01-01T00:00") + np.arange(n) * np.timedelta64(20, "s")
+    full = xr.Dataset(
+        {
+            "x": ((dims.WINDOW, "a", dims.TIME), values.astype("float32")),
+            "k": ((dims.WINDOW,), np.arange(n, dtype="int16")),
+            "start": ((dims.WINDOW,), times),
+        },
+        coords={dims.WINDOW: [f"w{i}" for i in range(n)]},
+    )
+    paths = {}
+    for name, variables in (("plain", ["x", "k"]), ("dates", ["x", "start"])):
+        template = full[variables].chunk({dims.WINDOW: chunk})
+        paths[name] = out = str(tmp_path / f"{name}.zarr")
+        store.create_store(out, template, chunk_size=chunk, kind="test")
+        group = store.open_regions(out)
+        for c in range(-(-n // chunk)):
+            block = full[variables].isel(
+                {dims.WINDOW: slice(c * chunk, (c + 1) * chunk)}
+            )
+            # the block's dims in another order than the store's
+            block = block.transpose(dims.WINDOW, ...)
+            block["x"] = block["x"].transpose(dims.WINDOW, dims.TIME, "a")
+            plain = store._write_plain(
+                group,
+                block.drop_vars(dims.WINDOW),
+                c * chunk,
+                c * chunk + len(block[dims.WINDOW]),
+                out,
+            )
+            assert plain == (name == "plain")
+            store.write_region(out, block, c, chunk, group=group)
+        store.finalize_store(out)
+        written = store.open_store(out).load()
+        for v in variables:
+            np.testing.assert_array_equal(
+                written[v].transpose(*full[v].dims).values, full[v].values
+            )
+            if full[v].dtype.kind != "M":  # xarray reads dates back in ns
+                assert written[v].dtype == full[v].dtype
