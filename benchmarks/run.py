@@ -175,9 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-e2e", action="store_true")
     parser.add_argument(
         "--what-if",
-        choices=["grouped", "blocks"],
+        choices=["blocks"],
         default=None,
-        help="apply a proposed change to the fits' reads (benchmarks/what_if.py)",
+        help="apply a proposed change to the fits' minibatches (benchmarks/what_if.py)",
     )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -207,11 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(data.remove, scratch)
         if not args.skip_kernels:
             rows += kernel_rows(args.quick)
-        if args.what_if == "grouped":
-            from benchmarks.what_if import grouped_reads
-
-            stack.enter_context(grouped_reads())
-        elif args.what_if == "blocks":
+        if args.what_if == "blocks":
             from benchmarks.what_if import block_minibatches
 
             stack.enter_context(block_minibatches())
@@ -235,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# {load_average()} at end, {time.perf_counter() - started:.0f} s in all; "
         f"store chunks of {args.chunk} windows; end-to-end fits of 100 steps x 256 "
-        f"windows; orchestration {args.what_if or 'as committed'}"
+        f"windows; minibatches {args.what_if or 'as committed'}"
     )
     print_table(rows)
     return 0 if all(r.passed is not False for r in rows) else 1

@@ -92,7 +92,8 @@ def _statistics_task(
     return block_sums(kernel(shared, values))
 
 
-def _n_threads(client) -> int:
+def n_threads(client) -> int:
+    """Worker threads of the cluster behind ``client`` (at least 1)."""
     workers = client.scheduler_info().get("workers", {})
     return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
 
@@ -119,7 +120,7 @@ def gather_statistics(
         return block_sums(kernel(shared, source.read(indices)))
 
     n_block = -(-indices.size // SUM_BLOCK)
-    n_task = min(n_block, TASKS_PER_THREAD * _n_threads(client))
+    n_task = min(n_block, TASKS_PER_THREAD * n_threads(client))
     edges = np.linspace(0, n_block, n_task + 1).round().astype(int) * SUM_BLOCK
     arguments = []
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):

@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 #: seconds before an in-process task is first tried again; doubled each time
 RETRY_PAUSE_S = 0.5
+#: stages of at most this many tasks carry their shared arguments in each task
+EMBED_SHARED_TASKS = 16
 
 
 class Progress(Protocol):
@@ -244,8 +246,11 @@ def run_tasks(
         Prefix of the task keys shown on the dashboard (default: ``stage``).
     shared : iterable
         Leading arguments common to every task (model parameters, say). With
-        a client they are sent to the cluster once, as one future that every
-        task depends on, so a worker lost mid-stage can recompute them.
+        a client and more tasks than :data:`EMBED_SHARED_TASKS`, they are
+        sent to the cluster once, as one future that every task depends on
+        (a worker lost mid-stage can recompute them); a stage of few tasks,
+        an SVI step say, carries them in each task instead, which saves the
+        scheduler a round trip before the tasks can start.
 
     Returns
     -------
@@ -278,14 +283,20 @@ def run_tasks(
 
     prefix = (key or stage or func.__name__).replace(" ", "-")
     token = dask.base.tokenize(func, shared, arguments)
-    shared_futures = [
-        client.submit(_identity, value, key=f"{prefix}-shared-{i}-{token}", pure=False)
-        for i, value in enumerate(shared)
-    ]
+    if n_total <= EMBED_SHARED_TASKS:
+        shared_futures, leading = [], shared
+    else:
+        shared_futures = [
+            client.submit(
+                _identity, value, key=f"{prefix}-shared-{i}-{token}", pure=False
+            )
+            for i, value in enumerate(shared)
+        ]
+        leading = shared_futures
     futures = [
         client.submit(
             func,
-            *shared_futures,
+            *leading,
             *args,
             key=f"{prefix}-{i}-{token}",
             pure=False,

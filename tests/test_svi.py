@@ -56,3 +56,57 @@ def test_minibatches_depend_on_seed_and_step_only() -> None:
     assert not np.array_equal(a, _svi.draw_minibatch(5, 4, 1000, 256))
     assert a.size == 256 and np.all(np.diff(a) > 0)
     assert _svi.draw_minibatch(5, 3, 10, 256).tolist() == list(range(10))
+
+
+# -- reading the rows of a minibatch ---------------------------------------------
+
+
+def _write_array(path, zarr_format=2, **kwargs):
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
+    window = group.create_array("window", shape=(10,), chunks=(10,), dtype="<i8")
+    window[:] = np.arange(10)
+    values = np.random.default_rng(0).gamma(2.0, 1.0, (10, 3, 4))
+    kwargs.setdefault("chunks", (4, 3, 4))
+    array = group.create_array("x", shape=(10, 3, 4), dtype="<f4", **kwargs)
+    array[:] = values
+    return values.astype("<f4").astype(np.float64)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        {},
+        {"compressors": "zstd", "chunk_key_encoding": {"name": "v2", "separator": "/"}},
+        {"compressors": None, "order": "F"},
+        {"zarr_format": 3},
+        {"chunks": (4, 3, 2)},
+    ],
+    ids=["blosc", "zstd-nested", "raw-fortran", "format-3", "chunked-in-time"],
+)
+def test_rows_read_directly_equal_rows_read_through_zarr(
+    layout, tmp_path, monkeypatch
+) -> None:
+    import numcodecs
+
+    from specufex_dask import _data
+
+    layout = dict(layout)
+    if layout.get("compressors") == "zstd":
+        layout["compressors"] = numcodecs.Zstd()
+    path = tmp_path / "x.zarr"
+    expected = _write_array(path, **layout)
+    spec = _data.StoreSpec(path=str(path), variable="x", chunk_size=4)
+    direct = layout.get("zarr_format", 2) == 2 and "chunks" not in layout
+    assert (_data._chunk_layout(spec) is not None) == direct
+    read = {
+        c: _data.read_rows(spec, c, np.arange(min(4, 10 - 4 * c))) for c in range(3)
+    }
+    for c, (values, ids) in read.items():
+        np.testing.assert_array_equal(values, expected[4 * c : 4 * c + 4])
+        assert ids.tolist() == list(range(4 * c, min(4 * c + 4, 10)))
+    monkeypatch.setattr(_data, "_chunk_layout", lambda spec: None)
+    for c, (values, _) in read.items():
+        through_zarr, _ = _data.read_rows(spec, c, np.arange(len(values)))
+        np.testing.assert_array_equal(values, through_zarr)
