@@ -11,11 +11,15 @@
 
 FROM python:3.11-slim
 
+# one BLAS thread per Dask thread; glibc keeps chunk-sized arrays in reused
+# memory (Dask's own MALLOC_TRIM_THRESHOLD_ would map each chunk afresh)
 ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     OMP_NUM_THREADS=1 \
     OPENBLAS_NUM_THREADS=1 \
     MKL_NUM_THREADS=1 \
+    MALLOC_MMAP_THRESHOLD_=67108864 \
+    MALLOC_TRIM_THRESHOLD_=134217728 \
     SPECUFEX_HEALTHCHECK_URL=http://127.0.0.1:8888/api
 
 # Unprivileged user that runs every role.

@@ -214,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_scaling:
             n_scaling = 2048 if args.quick else 8192
             workload = cluster.Workload(
-                nmf_steps=4 if args.quick else 10,
-                hmm_steps=4 if args.quick else 10,
+                nmf_steps=4 if args.quick else 30,
+                hmm_steps=4 if args.quick else 30,
                 batch_size=256,
                 validation=False,
             )

@@ -278,6 +278,8 @@ def run_tasks(
                 progress(i + 1, n_total, stage)
         return results
 
+    if n_total == 0:
+        return []
     import dask
     from distributed import as_completed
 
@@ -293,20 +295,22 @@ def run_tasks(
             for i, value in enumerate(shared)
         ]
         leading = shared_futures
-    futures = [
-        client.submit(
-            func,
-            *leading,
-            *args,
-            key=f"{prefix}-{i}-{token}",
-            pure=False,
-            retries=retries,
-        )
-        for i, args in enumerate(arguments)
-    ]
+    # one message to the scheduler for the whole stage: tasks submitted one
+    # by one reach it in several batches, milliseconds apart
+    columns = [[value] * n_total for value in leading]
+    columns += [list(column) for column in zip(*arguments, strict=True)]
+    futures = client.map(
+        func,
+        *columns,
+        key=[f"{prefix}-{i}-{token}" for i in range(n_total)],
+        pure=False,
+        retries=retries,
+    )
     try:
-        for n_done, _ in enumerate(as_completed(futures, loop=client.loop), start=1):
-            if progress is not None:
+        if progress is not None:
+            for n_done, _ in enumerate(
+                as_completed(futures, loop=client.loop), start=1
+            ):
                 progress(n_done, n_total, stage)
         return client.gather(futures)
     finally:

@@ -211,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         worker_extra_args=[] if args.interface else ["--host", "$(hostname)"],
         job_script_prologue=[
             "export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1",
+            # chunk-sized arrays in reused memory, not mapped afresh per read
+            "export MALLOC_MMAP_THRESHOLD_=67108864 MALLOC_TRIM_THRESHOLD_=134217728",
             *(f"export {name}={value}" for name, value in tls_env.items()),
         ],
         # scheduler reachable from the compute nodes only, dashboard local
