@@ -109,7 +109,8 @@ def _prepare_output(
     store.create_store(
         out, template, chunk_size=chunk_size, kind=kind, storage_options=storage_options
     )
-    return store.completed_chunks(out, storage_options)
+    # a new store: no chunk is written yet
+    return np.zeros(-(-template.sizes[dims.WINDOW] // chunk_size), dtype=bool)
 
 
 def _transform_chunks(

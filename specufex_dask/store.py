@@ -569,14 +569,16 @@ def create_store(
 
     # variables along ``window`` stay lazy so that nothing is computed here;
     # small variables without it (a gain per pattern, say) are written now
+    # (one dask chunk each: nothing is computed, and a graph of one task per
+    # zarr chunk cost more to build than the store's metadata to write)
     ds = template.copy()
     for name, var in template.data_vars.items():
         if dims.WINDOW in var.dims:
-            ds[name] = var.chunk({dims.WINDOW: chunk_size})
+            ds[name] = var.chunk({d: -1 for d in var.dims})
         else:
             ds[name] = var.load()
     ds[DONE_VAR] = xr.DataArray(np.zeros(n_chunk, dtype=np.int8), dims=CHUNK_DIM)
-    ds[DONE_VAR] = ds[DONE_VAR].chunk({CHUNK_DIM: 1})
+    ds[DONE_VAR] = ds[DONE_VAR].chunk({CHUNK_DIM: -1})
     ds.attrs[COMPLETE_ATTR] = 0
     ds.attrs[KIND_ATTR] = kind
     encoding = {
@@ -627,6 +629,8 @@ def _write_new_store(path: str, ds: xr.Dataset, encoding: dict) -> None:
         encoding=encoding,
         consolidated=True,
         zarr_format=2,
+        # dask chunks never meet zarr chunks: the data are not written here
+        safe_chunks=False,
     )
     # the completion array must hold real zeros, not the fill value only
     _done_array(path, None)[:] = 0
