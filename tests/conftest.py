@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,3 +32,32 @@ def golden() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     return DATA
+
+
+@contextlib.contextmanager
+def moto_s3(access_key: str, secret: str) -> Iterator[str]:
+    """``http://127.0.0.1:PORT`` of a moto S3 server, with these dummy
+    credentials in the environment of this process (and so of worker
+    processes started while it runs). Nothing from this machine's own AWS
+    setup leaks in."""
+    moto_server = pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", access_key)
+        mp.setenv("AWS_SECRET_ACCESS_KEY", secret)
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.setenv("AWS_CONFIG_FILE", os.devnull)
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+        mp.delenv("AWS_ENDPOINT_URL", raising=False)
+        mp.delenv("AWS_PROFILE", raising=False)
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+        server = moto_server.ThreadedMotoServer(
+            ip_address="127.0.0.1", port=0, verbose=False
+        )
+        server.start()
+        host, port = server.get_host_and_port()
+        try:
+            yield f"http://{host}:{port}"
+        finally:
+            server.stop()

@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 import yaml
+from conftest import moto_s3
 
 from specufex_dask import BayesianHMM, BayesianNonparametricNMF, _data, dims, store
 from specufex_dask.cli import main
@@ -31,7 +32,7 @@ from specufex_dask.pipeline import fit_hmm, fit_nmf, transform_hmm, transform_nm
 from specufex_dask.spectrogram import spectrograms_from_catalog
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
 PITON = files("specufex_dask") / "data" / "piton"
 #: dummy credentials of the stand-in (moto accepts any)
@@ -50,28 +51,10 @@ HMM = dict(n_states=5, n_steps=6, batch_size=16, random_state=3)
 
 @pytest.fixture(scope="session")
 def s3_endpoint():
-    """``http://127.0.0.1:PORT`` of a moto S3 server, with dummy credentials in
-    the environment of this process (and of worker processes started later)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        # nothing from this machine's own AWS setup may leak in
-        mp.setenv("AWS_CONFIG_FILE", os.devnull)
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-        mp.delenv("AWS_ENDPOINT_URL", raising=False)
-        mp.delenv("AWS_PROFILE", raising=False)
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-
-        server = moto_server.ThreadedMotoServer(
-            ip_address="127.0.0.1", port=0, verbose=False
-        )
-        server.start()
-        host, port = server.get_host_and_port()
-        try:
-            yield f"http://{host}:{port}"
-        finally:
-            server.stop()
+    """``http://127.0.0.1:PORT`` of a moto S3 server; the dummy credentials are
+    in this process's environment (and so in the workers' started later)."""
+    with moto_s3(ACCESS_KEY, SECRET) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,7 @@ import pytest
 import xarray as xr
 import yaml
 import zarr
+from conftest import moto_s3
 
 from specufex_dask import (
     BayesianHMM,
@@ -599,26 +600,8 @@ def test_cli_unexpected_errors_hide_secrets_from_the_environment(
 def s3_endpoint():
     """``http://127.0.0.1:PORT`` of a moto S3 server; the dummy credentials are
     in this process's environment (and so in the workers' started later)."""
-    moto_server = pytest.importorskip("moto.server")
-    pytest.importorskip("s3fs")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.setenv("AWS_CONFIG_FILE", os.devnull)
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-        mp.delenv("AWS_ENDPOINT_URL", raising=False)
-        mp.delenv("AWS_PROFILE", raising=False)
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        server = moto_server.ThreadedMotoServer(
-            ip_address="127.0.0.1", port=0, verbose=False
-        )
-        server.start()
-        host, port = server.get_host_and_port()
-        try:
-            yield f"http://{host}:{port}"
-        finally:
-            server.stop()
+    with moto_s3(ACCESS_KEY, SECRET) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="module")
