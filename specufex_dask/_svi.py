@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from specufex_dask._data import Source, StoreSpec, check_values, read_rows
-from specufex_dask.parallel import run_tasks
+from specufex_dask.parallel import n_threads, run_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -90,12 +90,6 @@ def _statistics_task(
     )
     check_values(values, ids, what)
     return block_sums(kernel(shared, values))
-
-
-def n_threads(client) -> int:
-    """Worker threads of the cluster behind ``client`` (at least 1)."""
-    workers = client.scheduler_info().get("workers", {})
-    return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
 
 
 def gather_statistics(

@@ -70,9 +70,11 @@ def worker_environ() -> dict[str, str]:
     from specufex_dask import config_dask
 
     mb = config_dask.get("worker-mmap-threshold-mb", None)
-    if mb is None:
-        return {}
-    threshold = int(float(mb) * 2**20)
+    return {} if mb is None else _allocator_thresholds(float(mb))
+
+
+def _allocator_thresholds(mb: float) -> dict[str, str]:
+    threshold = int(mb * 2**20)
     return {MMAP_THRESHOLD_VAR: str(threshold), TRIM_THRESHOLD_VAR: str(2 * threshold)}
 
 
@@ -130,9 +132,8 @@ def check_worker_allocator(client) -> list[str]:
         return []
     slow = sorted(a for a, env in environs.items() if slow_allocator(env))
     if slow:
-        fix = " ".join(f"{k}={v}" for k, v in worker_environ().items()) or (
-            f"{MMAP_THRESHOLD_VAR}=67108864 {TRIM_THRESHOLD_VAR}=134217728"
-        )
+        settings = worker_environ() or _allocator_thresholds(64)
+        fix = " ".join(f"{k}={v}" for k, v in settings.items())
         logger.warning(
             "%d of %d workers run with %s=%s and no %s: every chunk they read is "
             "page-faulted into fresh memory, which makes reads several times "
@@ -216,6 +217,12 @@ def get_client(
     client.run(_pin_worker_threads, int(config_dask.get("blas-threads")))
     logger.info("Dask dashboard: %s", client.dashboard_link)
     return client
+
+
+def n_threads(client) -> int:
+    """Worker threads of the cluster behind ``client`` (at least 1)."""
+    workers = client.scheduler_info().get("workers", {})
+    return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
 
 
 def run_tasks(

@@ -21,13 +21,13 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from specufex_dask import __version__, _redact, _svi, dims, store
+from specufex_dask import __version__, _redact, dims, store
 from specufex_dask._data import StoreSpec, as_source, check_values, read_rows
 from specufex_dask.hmm import BayesianHMM
 from specufex_dask.hmm import _transform_kernel as _hmm_kernel
 from specufex_dask.nmf import BayesianNonparametricNMF
 from specufex_dask.nmf import _transform_kernel as _nmf_kernel
-from specufex_dask.parallel import run_tasks
+from specufex_dask.parallel import n_threads, run_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def _run_chunks(
         (c, min(size, n_window - c * size)) for c in range(done.size) if not done[c]
     ]
     per_task = chunks_per_task(
-        len(todo), size, 1 if client is None else _svi.n_threads(client)
+        len(todo), size, 1 if client is None else n_threads(client)
     )
     groups = [todo[i : i + per_task] for i in range(0, len(todo), per_task)]
     options = store.FrozenOptions(storage_options or {})
