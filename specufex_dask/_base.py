@@ -18,6 +18,7 @@ import xarray as xr
 
 from specufex_dask import __version__, _model_io, _svi
 from specufex_dask._data import Source, as_source
+from specufex_dask.parallel import HeldFutures
 
 logger = logging.getLogger(__name__)
 
@@ -319,48 +320,53 @@ class SVIModel:
             else "in-process",
         )
 
-        while self.n_steps_done_ < n_steps and not self._converged():
-            t0 = time.perf_counter()
-            indices = train[
-                _svi.draw_minibatch(
-                    self.seed_, self.n_steps_done_, train.size, batch_size
+        # each step's futures are released once the next step is on its way
+        with HeldFutures() as hold:
+            while self.n_steps_done_ < n_steps and not self._converged():
+                t0 = time.perf_counter()
+                indices = train[
+                    _svi.draw_minibatch(
+                        self.seed_, self.n_steps_done_, train.size, batch_size
+                    )
+                ]
+                stats = _svi.gather_statistics(
+                    self._kernel,
+                    source,
+                    indices,
+                    self._shared(),
+                    client=client,
+                    what=self._what,
+                    stage=f"{self._model_name}-step",
+                    hold=hold,
                 )
-            ]
-            stats = _svi.gather_statistics(
-                self._kernel,
-                source,
-                indices,
-                self._shared(),
-                client=client,
-                what=self._what,
-                stage=f"{self._model_name}-step",
-            )
-            mean = _svi.minibatch_mean(stats, len(indices))
-            record = self._update(mean, len(indices))
-            self.n_steps_done_ += 1
-            last = self.n_steps_done_ == n_steps
-            if validation is not None and (
-                self.n_steps_done_ % self.score_every == 0 or last
-            ):
-                record["score"] = float(self._score(validation))
-                logger.info(
-                    "%s step %d: held-out log-likelihood per frame %.6g",
-                    self._model_name,
-                    self.n_steps_done_,
-                    record["score"],
-                )
-            record.update(step=self.n_steps_done_, seconds=time.perf_counter() - t0)
-            if on_step is not None:
-                record.update(on_step(self) or {})
-            self.history_.append(record)
-            if progress is not None:
-                progress(self.n_steps_done_, n_steps, f"{self._model_name} fit")
-            if saver is not None and (
-                self.n_steps_done_ % checkpoint_every == 0 or last or self._converged()
-            ):
-                ds = self._to_dataset()
-                ds.attrs["data_fingerprint"] = fingerprint
-                saver.save(ds, self.n_steps_done_)
+                mean = _svi.minibatch_mean(stats, len(indices))
+                record = self._update(mean, len(indices))
+                self.n_steps_done_ += 1
+                last = self.n_steps_done_ == n_steps
+                if validation is not None and (
+                    self.n_steps_done_ % self.score_every == 0 or last
+                ):
+                    record["score"] = float(self._score(validation))
+                    logger.info(
+                        "%s step %d: held-out log-likelihood per frame %.6g",
+                        self._model_name,
+                        self.n_steps_done_,
+                        record["score"],
+                    )
+                record.update(step=self.n_steps_done_, seconds=time.perf_counter() - t0)
+                if on_step is not None:
+                    record.update(on_step(self) or {})
+                self.history_.append(record)
+                if progress is not None:
+                    progress(self.n_steps_done_, n_steps, f"{self._model_name} fit")
+                if saver is not None and (
+                    self.n_steps_done_ % checkpoint_every == 0
+                    or last
+                    or self._converged()
+                ):
+                    ds = self._to_dataset()
+                    ds.attrs["data_fingerprint"] = fingerprint
+                    saver.save(ds, self.n_steps_done_)
 
         if self._converged():
             logger.info(

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from specufex_dask._data import Source, StoreSpec, check_values, read_rows
-from specufex_dask.parallel import n_threads, run_tasks
+from specufex_dask.parallel import HeldFutures, n_threads, run_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +101,16 @@ def gather_statistics(
     client=None,
     what: str,
     stage: str,
+    hold: HeldFutures | None = None,
 ) -> tuple[np.ndarray, ...]:
     """:func:`block_sums` of the statistics of the windows at sorted ``indices``.
 
     With a client and a store-backed source, the blocks are shared out in
     contiguous runs between :data:`TASKS_PER_THREAD` tasks per worker
     thread, each reading its windows from the store and returning its block
-    sums; otherwise the windows are read and processed here.
+    sums; otherwise the windows are read and processed here. A loop of
+    steps passes the same ``hold`` to every step (see
+    :class:`~specufex_dask.parallel.HeldFutures`).
     """
     if client is None or source.spec is None:
         # rows of a store are checked as they are read
@@ -121,6 +124,11 @@ def gather_statistics(
         part = indices[lo:hi]
         arguments.append((source.spec, source.plan(part), source.window[part], what))
     results = run_tasks(
-        _statistics_task, arguments, client=client, stage=stage, shared=(kernel, shared)
+        _statistics_task,
+        arguments,
+        client=client,
+        stage=stage,
+        shared=(kernel, shared),
+        hold=hold,
     )
     return tuple(np.concatenate(parts, axis=0) for parts in zip(*results, strict=True))

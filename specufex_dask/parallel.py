@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
@@ -225,6 +226,44 @@ def n_threads(client) -> int:
     return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
 
 
+class HeldFutures:
+    """The futures of one stage, released once the next stage is submitted.
+
+    A client sends its messages to the scheduler in batches, at most one
+    batch per interval (10 ms in distributed), and the scheduler batches
+    its messages to each worker the same way (5 ms). Releasing a stage's
+    futures is such a message. In a loop of short stages, the steps of an
+    SVI fit say, the next stage is submitted a few milliseconds after the
+    last one was gathered; had the last one's futures been released in
+    between, the submission would wait out the rest of both intervals
+    before any worker starts. Held here, they are released just after the
+    next submission, which then goes out at once.
+
+    Use it as a context manager around the loop: leaving it releases what
+    it still holds. The futures it holds point at small results that the
+    workers keep one stage longer.
+    """
+
+    def __init__(self) -> None:
+        self._futures: list = []
+
+    def keep(self, futures: Iterable[Any]) -> None:
+        """Hold ``futures`` (with whatever is held already)."""
+        self._futures.extend(futures)
+
+    def release(self) -> None:
+        """Release every future held."""
+        futures, self._futures = self._futures, []
+        for future in futures:
+            future.release()
+
+    def __enter__(self) -> HeldFutures:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
 def run_tasks(
     func: Callable[..., Any],
     arguments: Sequence[tuple],
@@ -234,6 +273,7 @@ def run_tasks(
     stage: str = "",
     key: str | None = None,
     shared: Iterable[Any] = (),
+    hold: HeldFutures | None = None,
 ) -> list[Any]:
     """Run ``func(*shared, *args)`` for each ``args`` in ``arguments``.
 
@@ -258,6 +298,10 @@ def run_tasks(
         (a worker lost mid-stage can recompute them); a stage of few tasks,
         an SVI step say, carries them in each task instead, which saves the
         scheduler a round trip before the tasks can start.
+    hold : HeldFutures, optional
+        Keep this stage's futures in ``hold`` once gathered, and release the
+        ones it held from the previous stage just after this stage is
+        submitted (see :class:`HeldFutures`); default: release them here.
 
     Returns
     -------
@@ -287,11 +331,11 @@ def run_tasks(
 
     if n_total == 0:
         return []
-    import dask
     from distributed import as_completed
 
     prefix = (key or stage or func.__name__).replace(" ", "-")
-    token = dask.base.tokenize(func, shared, arguments)
+    # unique keys without hashing the arguments (a few ms a stage)
+    token = uuid.uuid4().hex
     if n_total <= EMBED_SHARED_TASKS:
         shared_futures, leading = [], shared
     else:
@@ -313,16 +357,24 @@ def run_tasks(
         pure=False,
         retries=retries,
     )
+    if hold is not None:
+        hold.release()
+    gathered = False
     try:
         if progress is not None:
             for n_done, _ in enumerate(
                 as_completed(futures, loop=client.loop), start=1
             ):
                 progress(n_done, n_total, stage)
-        return client.gather(futures)
+        results = client.gather(futures)
+        gathered = True
+        return results
     finally:
-        for future in futures + shared_futures:
-            future.release()
+        if gathered and hold is not None:
+            hold.keep(futures + shared_futures)
+        else:
+            for future in futures + shared_futures:
+                future.release()
 
 
 def _run_here(

@@ -302,3 +302,75 @@ def test_workers_with_dasks_allocator_defaults_get_a_warning(
     finally:
         client.cluster.close()
         client.close()
+
+
+def _scheduler_keys(client, prefix: str) -> set[str]:
+    """Keys starting with ``prefix`` that the scheduler still knows."""
+
+    def keys(dask_scheduler, prefix=prefix):
+        return {str(k) for k in dask_scheduler.tasks if str(k).startswith(prefix)}
+
+    return client.run_on_scheduler(keys)
+
+
+def _wait_for_keys(
+    client, prefix: str, expected: int, patience_s: float = 30.0
+) -> set[str]:
+    """The scheduler's keys with ``prefix`` once there are ``expected`` of
+    them (releases reach it asynchronously), or after ``patience_s``."""
+    import time
+
+    deadline = time.monotonic() + patience_s
+    found = _scheduler_keys(client, prefix)
+    while len(found) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        found = _scheduler_keys(client, prefix)
+    return found
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def _fail_on(x: int, bad: int) -> int:
+    if x == bad:
+        raise ArithmeticError(f"task {x} fails")
+    return x
+
+
+@pytest.mark.cluster
+def test_held_futures_are_released_after_the_next_stage_is_submitted(
+    cluster_clients,
+) -> None:
+    from specufex_dask.parallel import HeldFutures, run_tasks
+
+    client = cluster_clients[2]
+    with HeldFutures() as hold:
+        first = run_tasks(
+            _square, [(i,) for i in range(3)], client=client, stage="first", hold=hold
+        )
+        assert first == [0, 1, 4]
+        # gathered, yet still held: nothing tells the scheduler to forget them
+        assert len(_wait_for_keys(client, "first-", 0, patience_s=1.0)) == 3
+        second = run_tasks(
+            _square, [(i,) for i in range(4)], client=client, stage="second", hold=hold
+        )
+        assert second == [0, 1, 4, 9]
+        # submitting the second stage released the first, not the second
+        assert _wait_for_keys(client, "first-", 0) == set()
+        assert len(_scheduler_keys(client, "second-")) == 4
+        # a failing stage releases what is held once it is submitted, and its
+        # own futures when it fails
+        with pytest.raises(ArithmeticError, match="task 1 fails"):
+            run_tasks(
+                _fail_on,
+                [(i, 1) for i in range(3)],
+                client=client,
+                stage="failing",
+                hold=hold,
+            )
+        assert _wait_for_keys(client, "failing-", 0) == set()
+        assert _wait_for_keys(client, "second-", 0) == set()
+    # without a hold, a stage's futures are released as soon as it is gathered
+    assert run_tasks(_square, [(5,)], client=client, stage="plain") == [25]
+    assert _wait_for_keys(client, "plain-", 0) == set()
