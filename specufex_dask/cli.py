@@ -604,7 +604,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-size",
         type=_int_at_least(1),
         metavar="N",
-        help="windows per store chunk (default: about 32 MB a chunk)",
+        help=(
+            "windows per store chunk (default: about specufex-dask.chunk-target-mb, "
+            "4 MB, a chunk)"
+        ),
     )
     g = p.add_argument_group(
         "recipe", "Defaults: 1-45 Hz band-pass, nperseg 64, nfft 256, rows 1-45 Hz."

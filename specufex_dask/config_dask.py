@@ -9,7 +9,7 @@ every user setting, so each key stays overridable the Dask way:
 - ``dask.config.set({"specufex-dask.worker-threads": 2})``.
 
 Keys: ``worker-threads``, ``blas-threads``, ``worker-mmap-threshold-mb``,
-``zarr-concurrency``, ``dashboard-link``, ``chunk-target-mb``, ``retries``.
+``dashboard-link``, ``chunk-target-mb``, ``retries``.
 
 Examples
 --------

@@ -96,8 +96,6 @@ _RESERVED_NAMES = frozenset(
         store.CHUNK_DIM,
     }
 )
-#: target size of one chunk of the ``spectrogram`` variable
-_TARGET_CHUNK_BYTES = 32 * 2**20
 #: how many skipped windows are logged one by one before a summary line
 _MAX_SKIP_WARNINGS = 100
 _NS = 1_000_000_000
@@ -1315,8 +1313,29 @@ def _window_tasks(
     ]
 
 
+def _chunk_target_bytes() -> float:
+    """The config key ``specufex-dask.chunk-target-mb``, in bytes."""
+    from specufex_dask import config_dask
+
+    value = config_dask.get("chunk-target-mb")
+    try:
+        mb = float(value)
+    except (TypeError, ValueError):
+        mb = math.nan
+    if not (math.isfinite(mb) and mb > 0) or isinstance(value, bool):
+        raise ValueError(
+            f"specufex-dask.chunk-target-mb must be a positive number of MB; got "
+            f"{value!r}: set it to 4, say (DASK_SPECUFEX_DASK__CHUNK_TARGET_MB=4 or "
+            'dask.config.set({"specufex-dask.chunk-target-mb": 4})), or give '
+            "chunk_size"
+        )
+    return mb * 1e6
+
+
 def _auto_chunk_size(bytes_per_window: int, n_windows: int) -> int:
-    return int(max(1, min(n_windows, round(_TARGET_CHUNK_BYTES / bytes_per_window))))
+    """Windows per chunk for about ``specufex-dask.chunk-target-mb`` a chunk."""
+    target = _chunk_target_bytes()
+    return int(max(1, min(n_windows, round(target / bytes_per_window))))
 
 
 def _existing_state(
@@ -1531,7 +1550,7 @@ def _first_pass(
         [r for r in range(n_requested) if reason[r] is None], dtype=np.int64
     )
 
-    # chunk size: given, or one chunk of about _TARGET_CHUNK_BYTES
+    # chunk size: given, or about specufex-dask.chunk-target-mb a chunk
     axes = None
     if to_check.size:
         row = int(to_check[0])
@@ -1726,7 +1745,10 @@ def spectrograms_from_catalog(
     pre_s, post_s : float, optional
         Seconds before and after the pick time.
     chunk_size : int, optional
-        Windows per chunk; default about 32 MB of spectrograms a chunk.
+        Windows per chunk; default about ``specufex-dask.chunk-target-mb``
+        (Dask config, 4 MB) of spectrograms a chunk. SVI fits decompress the
+        whole chunk of every window they sample, so larger chunks make fits
+        slower; smaller ones make more files and more tasks.
     client : distributed.Client, optional
         Run the tasks on this cluster; default in this process.
     progress : callable, optional

@@ -491,7 +491,6 @@ def test_config_defaults_load_through_dask() -> None:
         "worker-threads",
         "blas-threads",
         "worker-mmap-threshold-mb",
-        "zarr-concurrency",
         "dashboard-link",
         "chunk-target-mb",
         "retries",

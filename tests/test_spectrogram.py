@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from importlib.resources import files
 from pathlib import Path
@@ -414,6 +415,46 @@ def test_catalog_bad_input_raises_before_writing(
 
     with pytest.raises(ValueError, match=match):
         spectrograms_from_catalog(change(catalog_table.iloc[:4]), WINDOWS, out)
+    assert not out.exists()
+
+
+def test_catalog_default_chunks_follow_the_chunk_target(
+    tmp_path, catalog_table, built
+) -> None:
+    import dask
+
+    n_frequency, n_time = (_load(built).sizes[d] for d in (dims.FREQUENCY, dims.TIME))
+    bytes_per_window = 4 * n_frequency * n_time
+    table = catalog_table.iloc[:20]
+    # the package default: 4 MB a chunk, more than these 20 windows
+    assert 4e6 / bytes_per_window > 20
+    out = spectrograms_from_catalog(table, WINDOWS, tmp_path / "default.zarr")
+    assert store.open_store(out)[dims.SPECTROGRAM].chunks[0] == (20,)
+    # a target of 6.4 windows' worth of MB: chunks of 6 windows
+    with dask.config.set(
+        {"specufex-dask.chunk-target-mb": 6.4 * bytes_per_window / 1e6}
+    ):
+        out = spectrograms_from_catalog(table, WINDOWS, tmp_path / "small.zarr")
+    assert store.open_store(out)[dims.SPECTROGRAM].chunks[0] == (6, 6, 6, 2)
+    np.testing.assert_array_equal(
+        _load(out)[dims.SPECTROGRAM].values, _load(built)[dims.SPECTROGRAM][:20].values
+    )
+
+
+@pytest.mark.parametrize("target", [0, -1.0, "four", True, float("nan")])
+def test_catalog_bad_chunk_target_raises_before_writing(
+    tmp_path, catalog_table, target
+) -> None:
+    import dask
+
+    out = tmp_path / "never.zarr"
+    with dask.config.set({"specufex-dask.chunk-target-mb": target}):
+        with pytest.raises(
+            ValueError,
+            match=r"specufex-dask.chunk-target-mb must be a positive number of MB; "
+            rf"got {re.escape(repr(target))}: set it to 4",
+        ):
+            spectrograms_from_catalog(catalog_table.iloc[:4], WINDOWS, out)
     assert not out.exists()
 
 
