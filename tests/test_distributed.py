@@ -97,7 +97,7 @@ def test_minibatches_of_several_blocks_sum_the_same_on_any_workers_and_chunking(
     X, stores, cluster_clients, tmp_path
 ) -> None:
     # 37 windows: three blocks of the fixed sum (16, 16, 5), which cross chunk
-    # boundaries and are shared out between 2 or 3 tasks depending on workers
+    # boundaries and are shared out between 1 or 2 tasks depending on workers
     nmf_params = dict(NMF, batch_size=37)
     hmm_params = dict(HMM, batch_size=37)
     nmf_ref = BayesianNonparametricNMF(**nmf_params).fit(X)
