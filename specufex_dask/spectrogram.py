@@ -1327,7 +1327,7 @@ def _chunk_target_bytes() -> float:
             f"specufex-dask.chunk-target-mb must be a positive number of MB; got "
             f"{value!r}: set it to 4, say (DASK_SPECUFEX_DASK__CHUNK_TARGET_MB=4 or "
             'dask.config.set({"specufex-dask.chunk-target-mb": 4})), or give '
-            "chunk_size"
+            "the chunk size (chunk_size, --chunk-size)"
         )
     return mb * 1e6
 
