@@ -241,7 +241,8 @@ class HeldFutures:
 
     Use it as a context manager around the loop: leaving it releases what
     it still holds. The futures it holds point at small results that the
-    workers keep one stage longer.
+    workers keep one stage longer; should a worker holding one die in that
+    time, the scheduler computes it again (at most one stage's tasks).
     """
 
     def __init__(self) -> None:
