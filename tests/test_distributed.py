@@ -271,6 +271,8 @@ def test_package_cluster_workers_get_the_allocator_settings(monkeypatch) -> None
         (env,) = client.run(parallel._allocator_environ).values()
         assert env == {mmap: str(32 * 2**20), trim: str(64 * 2**20)}
         assert parallel.check_worker_allocator(client) == []
+        # results are fetched from the workers, not relayed by the scheduler
+        assert client.direct_to_workers is True
     finally:
         client.cluster.close()
         client.close()
