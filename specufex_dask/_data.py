@@ -11,6 +11,7 @@ store.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import time
@@ -72,10 +73,30 @@ class StoreSpec:
     variable: str
     chunk_size: int
     storage_options: tuple = field(default=store.FrozenOptions(), repr=False)
+    #: the stored variable's shape, type, chunks and codecs as the client
+    #: saw them (:func:`layout_token`); part of the key under which a process
+    #: keeps the store open, so that a store written again at the same path
+    #: with another layout is opened afresh, not read with the old one
+    layout: str = ""
 
     @property
     def options(self) -> dict:
         return store.FrozenOptions(self.storage_options).to_dict()
+
+
+def layout_token(da: xr.DataArray) -> str:
+    """A short digest of how a variable of a Zarr store is laid out: its
+    shape, data type, chunks, shards, compressors and filters."""
+    encoding = da.encoding
+    parts = (
+        tuple(int(n) for n in da.shape),
+        str(encoding.get("dtype", da.dtype)),
+        encoding.get("chunks"),
+        encoding.get("shards"),
+        repr(encoding.get("compressors", encoding.get("compressor"))),
+        repr(encoding.get("filters")),
+    )
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=16)
@@ -372,6 +393,7 @@ def as_source(
             variable=variable,
             chunk_size=int(chunks[0]),
             storage_options=store.FrozenOptions(storage_options or {}),
+            layout=layout_token(da),
         )
         source = Source(
             shape=tuple(int(n) for n in da.shape),

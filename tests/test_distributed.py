@@ -376,3 +376,27 @@ def test_held_futures_are_released_after_the_next_stage_is_submitted(
     # without a hold, a stage's futures are released as soon as it is gathered
     assert run_tasks(_square, [(5,)], client=client, stage="plain") == [25]
     assert _wait_for_keys(client, "plain-", 0) == set()
+
+
+@pytest.mark.cluster
+def test_a_store_written_again_with_another_layout_is_read_afresh(
+    X, stores, cluster_clients, tmp_path
+) -> None:
+    # workers (and this process) keep the stores they read open; activations
+    # written again at the same path by a model with fewer patterns must not
+    # be read with the old store's shape
+    client = cluster_clients[1]
+    out = str(tmp_path / "activations.zarr")
+    for n_patterns in (8, 5):
+        nmf = BayesianNonparametricNMF(**dict(NMF, n_patterns=n_patterns)).fit(X)
+        pipeline.transform_nmf(
+            nmf, stores[13], out, client=client, overwrite=True, dtype="float64"
+        )
+        V = nmf.transform(X)
+        assert store.open_store(out)[dims.ACTIVATION].shape == V.shape
+        expected = BayesianHMM(**HMM, gain=nmf.gain_).fit(V)
+        for where in (client, None):
+            hmm = BayesianHMM(**HMM).fit(out, client=where)
+            np.testing.assert_array_equal(
+                hmm.B1_, expected.B1_, err_msg=f"{n_patterns} patterns, {where}"
+            )
