@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import os
 import time
@@ -73,10 +74,10 @@ class StoreSpec:
     variable: str
     chunk_size: int
     storage_options: tuple = field(default=store.FrozenOptions(), repr=False)
-    #: the stored variable's shape, type, chunks and codecs as the client
-    #: saw them (:func:`layout_token`); part of the key under which a process
-    #: keeps the store open, so that a store written again at the same path
-    #: with another layout is opened afresh, not read with the old one
+    #: the stored arrays' metadata as the client saw them
+    #: (:func:`layout_token`); part of the key under which a process keeps
+    #: the store open, so that a store written again at the same path with
+    #: another layout is opened afresh, not read with the old one
     layout: str = ""
 
     @property
@@ -84,19 +85,19 @@ class StoreSpec:
         return store.FrozenOptions(self.storage_options).to_dict()
 
 
-def layout_token(da: xr.DataArray) -> str:
-    """A short digest of how a variable of a Zarr store is laid out: its
-    shape, data type, chunks, shards, compressors and filters."""
-    encoding = da.encoding
-    parts = (
-        tuple(int(n) for n in da.shape),
-        str(encoding.get("dtype", da.dtype)),
-        encoding.get("chunks"),
-        encoding.get("shards"),
-        repr(encoding.get("compressors", encoding.get("compressor"))),
-        repr(encoding.get("filters")),
+def layout_token(path: str, variable: str, storage_options: Mapping | None) -> str:
+    """A short digest of the Zarr metadata of ``variable`` and of the
+    ``window`` coordinate of a store: shape, data type, chunks, chunk key
+    layout, codecs and fill value, everything a reader's view of the
+    arrays depends on."""
+    import zarr
+
+    group = zarr.open_group(
+        path, mode="r", storage_options=store.url_options(path, storage_options)
     )
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+    metadata = [group[name].metadata.to_dict() for name in (variable, dims.WINDOW)]
+    text = json.dumps(metadata, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=16)
@@ -376,7 +377,8 @@ def as_source(
     """
     expected = _expected_dims(variable)
     if isinstance(data, str | os.PathLike):
-        path = os.fspath(data)
+        # absolute: workers and the cache of open stores see this very store
+        path = store.absolute(data)
         ds = store.open_store(path, storage_options)
         store.require_complete(ds, path)
         if variable not in ds.data_vars:
@@ -393,7 +395,7 @@ def as_source(
             variable=variable,
             chunk_size=int(chunks[0]),
             storage_options=store.FrozenOptions(storage_options or {}),
-            layout=layout_token(da),
+            layout=layout_token(path, variable, storage_options),
         )
         source = Source(
             shape=tuple(int(n) for n in da.shape),

@@ -171,6 +171,8 @@ def _run_chunks(
 ) -> None:
     n_window = source.n_window
     size = source.spec.chunk_size
+    # the workers' current directory is not this process's
+    out = store.absolute(out)
     todo = [
         (c, min(size, n_window - c * size)) for c in range(done.size) if not done[c]
     ]

@@ -1522,7 +1522,12 @@ def _build(
         progress=progress,
         stage="spectrogram write",
         # frozen: hashable for the task token, and hidden from task reprs
-        shared=(recipe, out, store.FrozenOptions(storage_options or {}), chunk_size),
+        shared=(
+            recipe,
+            store.absolute(out),
+            store.FrozenOptions(storage_options or {}),
+            chunk_size,
+        ),
     )
     store.finalize_store(out, storage_options)
     return out

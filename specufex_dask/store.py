@@ -379,6 +379,19 @@ def is_url(path: str | os.PathLike) -> bool:
     return "://" in os.fspath(path)
 
 
+def absolute(path: str | os.PathLike) -> str:
+    """``path`` as a string; a local path made absolute against the current
+    directory, a URL unchanged.
+
+    Paths handed to Dask workers, or kept as keys of open stores, must not
+    depend on a current directory: workers keep the one they were started
+    in, and a session that changes directory would otherwise read (or
+    write) the store of the same relative name it opened before.
+    """
+    path = os.fspath(path)
+    return path if is_url(path) else os.path.abspath(os.path.expanduser(path))
+
+
 def url_options(
     path: str | os.PathLike, storage_options: Mapping | None
 ) -> dict | None:

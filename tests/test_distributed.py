@@ -400,3 +400,65 @@ def test_a_store_written_again_with_another_layout_is_read_afresh(
             np.testing.assert_array_equal(
                 hmm.B1_, expected.B1_, err_msg=f"{n_patterns} patterns, {where}"
             )
+
+
+@pytest.mark.cluster
+def test_a_store_rewritten_with_other_ids_or_chunk_keys_is_read_afresh(
+    X, cluster_clients, tmp_path
+) -> None:
+    # same spectrogram shape, type, chunks and codec each time: only the
+    # window ids' width or the chunk files' layout changes
+    client = cluster_clients[2]
+    path = tmp_path / "spec.zarr"
+    nested = {
+        dims.SPECTROGRAM: {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
+    }
+    for i, (ids, encoding) in enumerate(
+        [
+            ([f"A.{i}" for i in range(len(X))], {}),
+            ([f"LONGER.NETWORK.STATION.{i:06d}" for i in range(len(X))], {}),
+            ([f"A.{i}" for i in range(len(X))], nested),
+        ]
+    ):
+        values = X * (i + 1)
+        ds = xr.Dataset(
+            {dims.SPECTROGRAM: (dims.SPECTROGRAM_DIMS, values.astype("float32"))},
+            coords={dims.WINDOW: ids},
+        )
+        ds.chunk({dims.WINDOW: 13}).to_zarr(
+            path, zarr_format=2, mode="w", encoding=encoding
+        )
+        expected = BayesianNonparametricNMF(**NMF).fit(values)
+        for where in (client, None):
+            model = BayesianNonparametricNMF(**NMF).fit(str(path), client=where)
+            np.testing.assert_array_equal(
+                model.W1_, expected.W1_, err_msg=f"rewrite {i}, {where}"
+            )
+        act = pipeline.transform_nmf(
+            expected, str(path), str(tmp_path / f"act{i}.zarr"), client=client
+        )
+        assert store.open_store(act)[dims.WINDOW].values.tolist() == ids
+
+
+@pytest.mark.cluster
+def test_relative_paths_follow_the_current_directory(
+    X, cluster_clients, tmp_path, monkeypatch
+) -> None:
+    # two projects with stores of one name and one layout; the session moves
+    # from one to the other (workers keep the directory they started in)
+    client = cluster_clients[1]
+    values = {"a": X, "b": X * 3}
+    for name, data in values.items():
+        (tmp_path / name).mkdir()
+        write_spectrogram_store(tmp_path / name / "spec.zarr", data, 13)
+    for name, data in values.items():
+        monkeypatch.chdir(tmp_path / name)
+        expected = BayesianNonparametricNMF(**NMF).fit(data)
+        for where in (None, client):
+            model = BayesianNonparametricNMF(**NMF).fit("spec.zarr", client=where)
+            np.testing.assert_array_equal(model.W1_, expected.W1_, err_msg=name)
+        pipeline.transform_nmf(
+            expected, "spec.zarr", "act.zarr", client=client, dtype="float64"
+        )
+        written = store.open_store(tmp_path / name / "act.zarr")[dims.ACTIVATION]
+        np.testing.assert_array_equal(written.values, expected.transform(data))
