@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
 import re
+import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -90,6 +92,22 @@ def data_fingerprint(source: Source) -> str:
     return h.hexdigest()[:16]
 
 
+def _same_value(a: Any, b: Any) -> bool:
+    """Whether two parameter values (numbers, strings or arrays) are equal."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.shape(a) == np.shape(b) and bool(np.array_equal(a, b))
+    return a == b
+
+
+def _show(value: Any) -> str:
+    """A parameter value for a message; arrays abbreviated."""
+    if isinstance(value, np.ndarray):
+        return np.array2string(
+            value, precision=6, threshold=6, max_line_width=sys.maxsize
+        )
+    return repr(value)
+
+
 #: what a checkpoint pointer may name: a file of its own folder
 _CHECKPOINT_NAME = re.compile(r"step-[0-9]{8,12}\.nc")
 #: longest pointer read
@@ -155,7 +173,8 @@ class SVIModel:
     activation), ``_kernel`` (module-level local-step function),
     ``_init_params(source)``, ``_shared()`` (what each task needs),
     ``_update(stats, n_batch)`` (the global step), ``_faithful_fit(source)``,
-    ``_finish()`` (re-ordering after a fit) and ``_to_dataset`` /
+    ``_finish()`` (re-ordering after a fit), ``_state_params(source)`` (the
+    parameters a checkpoint must agree on) and ``_to_dataset`` /
     ``_from_dataset``.
     """
 
@@ -290,13 +309,14 @@ class SVIModel:
         if saver is not None:
             state = saver.latest()
             if state is not None:
-                if state.attrs.get("data_fingerprint") != fingerprint:
-                    raise ValueError(
-                        f"checkpoint in {checkpoint!r} was made on other data "
-                        f"(fingerprint {state.attrs.get('data_fingerprint')!r}, "
-                        f"these data {fingerprint!r}); use another checkpoint folder"
-                    )
+                self._check_checkpoint(state, source, fingerprint, checkpoint)
+                given = self._constructor_params()
                 self._from_dataset(state)
+                # the checkpoint brings the fitted state; the parameters stay
+                # those given (the ones that define the state agree with the
+                # checkpoint), so n_steps, tol, score_every … are this fit's
+                for name, value in given.items():
+                    setattr(self, name, value)
                 logger.info(
                     "resumed from checkpoint at step %d of %d",
                     self.n_steps_done_,
@@ -385,6 +405,97 @@ class SVIModel:
                 ConvergenceWarning,
                 stacklevel=3,
             )
+
+    def _state_params(self, source: Source) -> dict[str, Any]:
+        """Resolved parameters that define the fitted state and its random stream.
+
+        Called on a freshly initialised model (or one read from a
+        checkpoint) to decide whether a checkpoint may be resumed: every
+        value must agree for the resumed fit to be the fit asked for. Values
+        are resolved as a fresh fit on ``source`` resolves them (the seed in
+        use, the minibatch size derived from the data, …). Subclasses add
+        their own. Parameters that only say how long or how to run
+        (``n_steps``, ``tol``, ``n_iter_no_change``, ``score_every``, the
+        re-ordering after the fit) are not among them.
+
+        Returns
+        -------
+        dict
+            Parameter name to resolved value.
+        """
+        return {
+            "mode": self.mode,
+            "random_state": int(self.seed_),
+            "batch_size": int(
+                self.batch_size or _svi.default_batch_size(source.n_window)
+            ),
+            # they choose the held-out windows, hence the training windows
+            "validation_fraction": float(self.validation_fraction),
+            "max_validation": int(self.max_validation),
+        }
+
+    def _constructor_params(self) -> dict[str, Any]:
+        """The constructor arguments, by name, as currently set."""
+        names = inspect.signature(type(self).__init__).parameters
+        return {name: getattr(self, name) for name in names if name != "self"}
+
+    def _check_checkpoint(
+        self, state: xr.Dataset, source: Source, fingerprint: str, checkpoint: str
+    ) -> None:
+        """Refuse a checkpoint of another model, other data or other parameters.
+
+        Runs before any step, so a refused fit changes nothing.
+
+        Raises
+        ------
+        ValueError
+            Naming what differs: the model, the data, or each parameter of
+            :meth:`_state_params` with the checkpoint's and the requested
+            value. With ``random_state=None`` any seed is accepted: a fresh
+            fit would draw one, and resuming continues the checkpoint's.
+        """
+        model = state.attrs.get("model")
+        if model != self._model_name:
+            raise ValueError(
+                f"checkpoint in {checkpoint!r} holds a {model!r} fit, not a "
+                f"{self._model_name!r}; use another checkpoint folder"
+            )
+        if state.attrs.get("data_fingerprint") != fingerprint:
+            raise ValueError(
+                f"checkpoint in {checkpoint!r} was made on other data "
+                f"(fingerprint {state.attrs.get('data_fingerprint')!r}, "
+                f"these data {fingerprint!r}); use another checkpoint folder"
+            )
+        saved = type(self).__new__(type(self))
+        saved._from_dataset(state)
+        made = saved._state_params(source)
+        requested = self._state_params(source)
+        if self.random_state is None:
+            requested.pop("random_state")
+        differ = [
+            name
+            for name, value in requested.items()
+            if not _same_value(value, made.get(name))
+        ]
+        # values derived from others (the NMF priors follow n_patterns) are
+        # named only when no parameter given to the constructor explains them
+        given = self._constructor_params()
+        differ = [name for name in differ if name in given] or differ
+        if differ:
+            then = ", ".join(f"{n}={_show(made.get(n))}" for n in differ)
+            now = ", ".join(self._show_requested(n, requested[n]) for n in differ)
+            raise ValueError(
+                f"checkpoint in {checkpoint!r} was made with {then}, not {now}; "
+                "use another checkpoint folder, or the checkpoint's parameters "
+                "to resume it"
+            )
+
+    def _show_requested(self, name: str, value: Any) -> str:
+        """``name=value``, saying so when the value was derived from None."""
+        shown = f"{name}={_show(value)}"
+        if getattr(self, name, 0) is None:
+            shown += f" (what {name}=None gives for these data)"
+        return shown
 
     def _converged(self) -> bool:
         """Stopping rule: the held-out score changed by less than ``tol``

@@ -255,6 +255,19 @@ class BayesianHMM(SVIModel):
         floor = 0.1 * frames.mean(axis=0) + 1e-3
         return frames[centres] + floor[None, :]
 
+    def _state_params(self, source: Source) -> dict:
+        # the number of states, the initial rates, the activation scale, the
+        # data-set scale and the inner iterations all change the numbers;
+        # sort_states only re-orders the result once the steps are done
+        return {
+            "n_states": int(self.n_states),
+            **super()._state_params(source),
+            "init": self.init,
+            "gain": np.asarray(self.gain_, dtype=float),
+            "n_effective": int(self.n_effective_),
+            "n_inner": int(self.n_inner),
+        }
+
     def _check_compatible(self, source: Source) -> None:
         n_patterns = self.B1_.shape[1]
         if source.shape[1] != n_patterns:
@@ -348,7 +361,13 @@ class BayesianHMM(SVIModel):
             ``progress(n_done, n_total, stage)`` after each step.
         checkpoint : str, optional
             Folder or URL prefix for checkpoints; a fit resumes from the
-            latest one found there for the same data.
+            latest one found there, which must be of the same data and the
+            same parameters (``n_states``, ``random_state``, ``batch_size``,
+            ``gain``, ``init``, ``n_effective``, ``n_inner``,
+            ``validation_fraction``, ``max_validation``), else ValueError.
+            ``n_steps``, ``tol``, ``n_iter_no_change``, ``score_every`` and
+            ``sort_states`` may differ: a larger ``n_steps`` continues a
+            finished fit.
         checkpoint_every : int, default=10
             Steps between checkpoints.
         storage_options : mapping, optional

@@ -188,6 +188,19 @@ class BayesianNonparametricNMF(SVIModel):
             self.seed_,
         )
 
+    def _state_params(self, source: Source) -> dict:
+        # the number of patterns, the data-set scale, the step-size schedule,
+        # the pruning and the priors all change the numbers step by step;
+        # sort_patterns only re-orders the result once the steps are done
+        return {
+            "n_patterns": int(self.n_patterns),
+            **super()._state_params(source),
+            "n_effective": int(self.n_effective_),
+            "step_size": self.step_size,
+            "prune_threshold": float(self.prune_threshold),
+            **{f"prior_{k}": float(v) for k, v in vars(self.priors_).items()},
+        }
+
     def _check_compatible(self, source: Source) -> None:
         n_frequency = self.W1_.shape[0]
         if source.shape[1] != n_frequency:
@@ -312,7 +325,13 @@ class BayesianNonparametricNMF(SVIModel):
             ``progress(n_done, n_total, stage)`` after each step.
         checkpoint : str, optional
             Folder or URL prefix for checkpoints; a fit resumes from the
-            latest one found there for the same data.
+            latest one found there, which must be of the same data and the
+            same parameters (``n_patterns``, ``random_state``, ``batch_size``,
+            ``n_effective``, ``step_size``, ``prune_threshold``,
+            ``validation_fraction``, ``max_validation``), else ValueError.
+            ``n_steps``, ``tol``, ``n_iter_no_change``, ``score_every`` and
+            ``sort_patterns`` may differ: a larger ``n_steps`` continues a
+            finished fit.
         checkpoint_every : int, default=10
             Steps between checkpoints.
         storage_options : mapping, optional
