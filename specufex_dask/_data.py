@@ -85,6 +85,26 @@ class StoreSpec:
         return store.FrozenOptions(self.storage_options).to_dict()
 
 
+#: encodings by which stored numbers differ from the values they stand for
+_PACKING = ("scale_factor", "add_offset")
+
+
+def _check_unpacked(da: xr.DataArray, variable: str, path: str) -> None:
+    """Refuse a variable stored packed (CF ``scale_factor``/``add_offset``).
+
+    Workers read the stored numbers as they are, without xarray's decoding,
+    so a packed variable would be fitted and transformed in its packed units.
+    """
+    packing = {k: da.encoding[k] for k in _PACKING if k in da.encoding}
+    if packing:
+        shown = ", ".join(f"{k}={v!r}" for k, v in packing.items())
+        raise store.StoreError(
+            f"variable {variable!r} of store {path!r} is stored packed ({shown}), "
+            "which specufex-dask does not unpack; write it again as float32 "
+            "without scale_factor and add_offset in its encoding"
+        )
+
+
 def layout_token(path: str, variable: str, storage_options: Mapping | None) -> str:
     """A short digest of the Zarr metadata of ``variable`` and of the
     ``window`` coordinate of a store: shape, data type, chunks, chunk key
@@ -389,6 +409,7 @@ def as_source(
             )
         da = ds[variable]
         _check_dims(da, expected, f"variable {variable!r} of store {path!r}")
+        _check_unpacked(da, variable, path)
         chunks = da.chunks[0] if da.chunks else (da.shape[0],)
         spec = StoreSpec(
             path=path,

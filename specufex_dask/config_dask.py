@@ -68,6 +68,27 @@ def get(key: str, default: Any = _NO_DEFAULT) -> Any:
     return dask.config.get(full_key, default=default)
 
 
+def get_int(key: str, low: int, suggest: int) -> int:
+    """``specufex-dask.<key>`` as a whole number of at least ``low``.
+
+    ``suggest`` is the value the error message offers (the default, say).
+
+    Raises
+    ------
+    ValueError
+        Naming the key, the value found and how to set it.
+    """
+    value = get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        env = "DASK_" + f"{NAMESPACE}__{key}".upper().replace("-", "_")
+        raise ValueError(
+            f"{NAMESPACE}.{key} must be a whole number >= {low}; got {value!r}: "
+            f"set it to {suggest}, say ({env}={suggest} or "
+            f'dask.config.set({{"{NAMESPACE}.{key}": {suggest}}}))'
+        )
+    return value
+
+
 def apply_dashboard_link() -> str | None:
     """Copy ``specufex-dask.dashboard-link`` to ``distributed.dashboard.link``.
 

@@ -188,7 +188,9 @@ def get_client(
     from specufex_dask import config_dask
 
     config_dask.apply_dashboard_link()
-    threads_per_worker = threads_per_worker or int(config_dask.get("worker-threads"))
+    threads_per_worker = threads_per_worker or config_dask.get_int(
+        "worker-threads", 1, 1
+    )
     if scheduler:
         if os.path.exists(scheduler):
             client = Client(scheduler_file=scheduler)
@@ -217,7 +219,7 @@ def get_client(
             threads_per_worker,
             environ or "as Dask sets it",
         )
-    client.run(_pin_worker_threads, int(config_dask.get("blas-threads")))
+    client.run(_pin_worker_threads, config_dask.get_int("blas-threads", 1, 1))
     logger.info("Dask dashboard: %s", client.dashboard_link)
     return client
 
@@ -323,7 +325,7 @@ def run_tasks(
 
     shared = list(shared)
     n_total = len(arguments)
-    retries = int(config_dask.get("retries"))
+    retries = config_dask.get_int("retries", 0, 2)
     if client is None:
         results = []
         for i, args in enumerate(arguments):

@@ -21,7 +21,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from specufex_dask import __version__, _redact, dims, store
+from specufex_dask import __version__, _redact, config_dask, dims, store
 from specufex_dask._data import StoreSpec, as_source, check_values, read_rows
 from specufex_dask.hmm import BayesianHMM
 from specufex_dask.hmm import _transform_kernel as _hmm_kernel
@@ -81,6 +81,8 @@ def _prepare_output(
 
     Returns the per-chunk completion flags.
     """
+    # the tasks read it: a bad value must stop the stage before it writes
+    config_dask.get_int("retries", 0, 2)
     if store.store_exists(out, storage_options):
         try:
             existing = store.open_store(out, storage_options)

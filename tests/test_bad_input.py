@@ -559,3 +559,42 @@ def test_spectrograms_never_write_over_their_waveforms(catalog, tmp_path) -> Non
             spectrograms_from_catalog(catalog, waveforms, waveforms, overwrite=True)
     finally:
         assert (waveforms / "windows.mseed").exists()
+
+
+def test_a_packed_store_is_refused_before_any_output(nmf_file, tmp_path) -> None:
+    # xarray unpacks int16 x 0.1 on reading; workers read stored numbers as
+    # they are, so the store is refused rather than fitted in packed units
+    path = tmp_path / "packed.zarr"
+    planted_dataset().chunk({dims.WINDOW: 5}).to_zarr(
+        path,
+        zarr_format=2,
+        encoding={dims.SPECTROGRAM: {"dtype": "int16", "scale_factor": 0.1}},
+    )
+    message = (
+        r"variable 'spectrogram' of store '.*packed\.zarr' is stored packed "
+        r"\(scale_factor=0\.1\), which specufex-dask does not unpack; write it "
+        "again as float32"
+    )
+    out = tmp_path / "act.zarr"
+    with pytest.raises(store.StoreError, match=message):
+        BayesianNonparametricNMF(**NMF).fit(str(path))
+    with pytest.raises(store.StoreError, match=message):
+        pipeline.transform_nmf(nmf_file, str(path), str(out))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value", [None, "two", -1, 1.5, True])
+def test_a_bad_retries_setting_stops_a_transform_before_it_writes(
+    spec_store, nmf_file, tmp_path, value
+) -> None:
+    import dask
+
+    out = tmp_path / "act.zarr"
+    message = (
+        rf"specufex-dask.retries must be a whole number >= 0; got {re.escape(repr(value))}"
+        r": set it to 2, say \(DASK_SPECUFEX_DASK__RETRIES=2"
+    )
+    with dask.config.set({"specufex-dask.retries": value}):
+        with pytest.raises(ValueError, match=message):
+            pipeline.transform_nmf(nmf_file, spec_store, str(out))
+    assert not out.exists()
