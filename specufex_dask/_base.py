@@ -85,10 +85,13 @@ def resolve_seed(random_state: Any) -> int:
 
 
 def data_fingerprint(source: Source) -> str:
-    """A short hash of the data's shape and window ids, stored in checkpoints."""
+    """A short hash of the data's shape, window ids and, for a store, which
+    writing of it this is (:attr:`Source.written`); stored in checkpoints
+    and resumable outputs, so that a store written again is told apart."""
     h = hashlib.sha256()
     h.update(repr(tuple(source.shape)).encode())
     h.update(np.asarray(source.window).astype(str).tobytes())
+    h.update(source.written.encode())
     return h.hexdigest()[:16]
 
 

@@ -322,6 +322,10 @@ class Source:
         Labelled coordinates to carry to outputs (``frequency``, ``time`` …).
     attrs : dict
         Attributes of the store or DataArray.
+    written : str
+        Which writing of a store this is: the id the package gives every
+        store it creates, or else when the variable's metadata were last
+        written ("" for in-memory input, or when the filesystem cannot say).
     """
 
     shape: tuple[int, int, int]
@@ -331,6 +335,7 @@ class Source:
     dataset: xr.Dataset | None = None
     coords: dict = field(default_factory=dict)
     attrs: dict = field(default_factory=dict)
+    written: str = ""
 
     @property
     def n_window(self) -> int:
@@ -425,6 +430,10 @@ def as_source(
             dataset=ds,
             coords={c: ds[c] for c in da.coords if c != dims.WINDOW},
             attrs=dict(ds.attrs),
+            written=str(
+                ds.attrs.get(store.STORE_ID_ATTR)
+                or store.metadata_time(path, variable, storage_options)
+            ),
         )
         _check_not_empty(source, path)
         return source

@@ -22,6 +22,7 @@ import numpy as np
 import xarray as xr
 
 from specufex_dask import __version__, _redact, config_dask, dims, store
+from specufex_dask._base import data_fingerprint
 from specufex_dask._data import StoreSpec, as_source, check_values, read_rows
 from specufex_dask.hmm import BayesianHMM
 from specufex_dask.hmm import _transform_kernel as _hmm_kernel
@@ -67,6 +68,13 @@ def _plan_hash(*parts: Any) -> str:
     return h.hexdigest()[:16]
 
 
+def _input_identity(source) -> tuple:
+    """What a resumed transform must share with the run it completes, besides
+    the model: the input's windows (and the id of a store written by the
+    package), its chunking and its arrays' layout."""
+    return (data_fingerprint(source), source.spec.chunk_size, source.spec.layout)
+
+
 def _prepare_output(
     out: str,
     template: xr.Dataset,
@@ -88,11 +96,18 @@ def _prepare_output(
             existing = store.open_store(out, storage_options)
         except store.StoreError:
             existing = None
-        unfinished = (
+        incomplete = (
             existing is not None
             and int(existing.attrs.get(store.COMPLETE_ATTR, 1)) == 0
-            and existing.attrs.get("plan_hash") == plan_hash
         )
+        unfinished = incomplete and existing.attrs.get("plan_hash") == plan_hash
+        if incomplete and not unfinished and not overwrite:
+            raise FileExistsError(
+                f"output store {_redact.redact_url(out)!r} is an unfinished run made with "
+                "another model or from other input (the input store was written "
+                "again, say); pass overwrite=True (--overwrite on the command line) "
+                "to start it again, or choose another path"
+            )
         if unfinished and not overwrite:
             done = store.completed_chunks(out, storage_options)
             logger.info(
@@ -384,7 +399,7 @@ def transform_nmf(
         },
     )
     shared = model._transform_shared()
-    plan = _plan_hash("nmf", shared[0], shared[1], source.shape, dtype)
+    plan = _plan_hash("nmf", shared[0], shared[1], dtype, *_input_identity(source))
     done = _prepare_output(
         out,
         template,
@@ -474,7 +489,9 @@ def transform_hmm(
         },
     )
     shared = model._shared()
-    plan = _plan_hash("hmm", shared[0], shared[1], source.shape, dtype, model.mode)
+    plan = _plan_hash(
+        "hmm", shared[0], shared[1], dtype, model.mode, *_input_identity(source)
+    )
     done = _prepare_output(
         out,
         template,

@@ -34,6 +34,7 @@ import logging
 import os
 import posixpath
 import tempfile
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -48,6 +49,10 @@ logger = logging.getLogger(__name__)
 
 COMPLETE_ATTR = "specufex_complete"
 KIND_ATTR = "specufex_kind"
+#: a fresh id written into every store the package creates; what is made
+#: from a store (a resumable output, a checkpoint) records it, so that the
+#: store written again, even with the same windows, is told apart
+STORE_ID_ATTR = "specufex_store_id"
 DONE_VAR = "_chunk_done"
 CHUNK_DIM = "_chunk"
 
@@ -463,6 +468,23 @@ def _fs_and_path(path: str | os.PathLike, storage_options: Mapping | None):
     return fs, paths[0]
 
 
+def metadata_time(
+    path: str | os.PathLike, variable: str, storage_options: Mapping | None
+) -> str:
+    """When the metadata of ``variable`` in a Zarr store were last written,
+    as the filesystem reports it, or "" when it cannot say."""
+    try:
+        fs, root = _fs_and_path(path, url_options(path, storage_options))
+    except (OSError, ValueError):
+        return ""
+    for name in (".zarray", "zarr.json"):
+        try:
+            return str(fs.modified(f"{root.rstrip('/')}/{variable}/{name}"))
+        except (OSError, NotImplementedError, KeyError, ValueError):
+            continue
+    return ""
+
+
 def _refused(path: str | os.PathLike, exc: BaseException) -> PermissionError:
     return PermissionError(
         f"access to {os.fspath(path)!r} was refused ({exc}); check the credentials "
@@ -594,6 +616,7 @@ def create_store(
     ds[DONE_VAR] = ds[DONE_VAR].chunk({CHUNK_DIM: -1})
     ds.attrs[COMPLETE_ATTR] = 0
     ds.attrs[KIND_ATTR] = kind
+    ds.attrs[STORE_ID_ATTR] = uuid.uuid4().hex
     encoding = {
         name: {"chunks": _chunks_for(ds[name], chunk_size)}
         for name in ds.data_vars

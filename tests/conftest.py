@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
@@ -61,3 +62,17 @@ def moto_s3(access_key: str, secret: str) -> Iterator[str]:
             yield f"http://{host}:{port}"
         finally:
             server.stop()
+
+
+def assert_same_store(a: xr.Dataset, b: xr.Dataset) -> None:
+    """The same variables, coordinates and attributes, all but the id that
+    every store gets when it is written (two writes of the same data are
+    two stores)."""
+    from specufex_dask import store
+
+    def without_id(ds: xr.Dataset) -> xr.Dataset:
+        ds = ds.copy()
+        ds.attrs.pop(store.STORE_ID_ATTR, None)
+        return ds
+
+    xr.testing.assert_identical(without_id(a), without_id(b))

@@ -4,6 +4,7 @@ number of workers, and transforms write the store contract."""
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -206,6 +207,64 @@ def test_interrupted_transform_resumes_only_missing_chunks(
         resumed[dims.ACTIVATION].values, reference[dims.ACTIVATION].values
     )
     assert resumed.attrs[store.COMPLETE_ATTR] == 1
+
+
+def _interrupt(out: str, chunks: list[int]) -> None:
+    """Make a finished store look like a run that stopped before ``chunks``."""
+    group = zarr.open_group(out, mode="r+")
+    for c in chunks:
+        group[store.DONE_VAR][c] = 0
+    group.attrs[store.COMPLETE_ATTR] = 0
+    zarr.consolidate_metadata(group.store)
+
+
+def test_an_unfinished_transform_is_not_resumed_from_a_rewritten_input(
+    X, tmp_path
+) -> None:
+    nmf = BayesianNonparametricNMF(**NMF).fit(X)
+    spec = write_spectrogram_store(tmp_path / "spec.zarr", X, 7)
+    out = str(tmp_path / "act.zarr")
+    pipeline.transform_nmf(nmf, spec, out)
+    _interrupt(out, [2, 4])
+    # the same windows, other values: a resumed run would mix the two
+    shutil.rmtree(spec)
+    write_spectrogram_store(tmp_path / "spec.zarr", X * 2, 7)
+    with pytest.raises(
+        FileExistsError, match=r"is an unfinished run made with another"
+    ):
+        pipeline.transform_nmf(nmf, spec, out)
+    fresh = pipeline.transform_nmf(nmf, spec, out, overwrite=True, dtype="float64")
+    np.testing.assert_array_equal(
+        store.open_store(fresh)[dims.ACTIVATION].values, nmf.transform(X * 2)
+    )
+
+    # an activation store written again by the package (same model, same
+    # windows, so the same shape and layout) is told apart by its store id
+    act = str(tmp_path / "act2.zarr")
+    fingerprints = str(tmp_path / "fp.zarr")
+    hmm = BayesianHMM(**HMM).fit(pipeline.transform_nmf(nmf, spec, act))
+    first_id = store.open_store(act).attrs[store.STORE_ID_ATTR]
+    pipeline.transform_hmm(hmm, act, fingerprints)
+    _interrupt(fingerprints, [1])
+    pipeline.transform_nmf(nmf, spec, act, overwrite=True)
+    assert store.open_store(act).attrs[store.STORE_ID_ATTR] != first_id
+    with pytest.raises(
+        FileExistsError, match=r"is an unfinished run made with another"
+    ):
+        pipeline.transform_hmm(hmm, act, fingerprints)
+
+
+def test_a_checkpoint_is_not_resumed_on_a_rewritten_store(X, tmp_path) -> None:
+    spec = write_spectrogram_store(tmp_path / "spec.zarr", X, 7)
+    checkpoint = str(tmp_path / "ck")
+    BayesianNonparametricNMF(**dict(NMF, n_steps=4)).fit(
+        spec, checkpoint=checkpoint, checkpoint_every=2
+    )
+    # the same windows and shape, other values
+    shutil.rmtree(spec)
+    write_spectrogram_store(tmp_path / "spec.zarr", X + 1, 7)
+    with pytest.raises(ValueError, match=r"checkpoint in .* was made on other data"):
+        BayesianNonparametricNMF(**NMF).fit(spec, checkpoint=checkpoint)
 
 
 def test_transform_refuses_an_existing_output_unless_overwrite(

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import scipy.signal
 import xarray as xr
+from conftest import assert_same_store
 
 from specufex_dask import dims, spectrogram, store
 from specufex_dask.spectrogram import (
@@ -522,7 +523,7 @@ def test_catalog_resume_writes_only_missing_chunks(
     spectrograms_from_catalog(catalog_csv, WINDOWS, out, chunk_size=CHUNK)
 
     assert calls == [2, 3]
-    xr.testing.assert_identical(_load(out), _load(built))
+    assert_same_store(_load(out), _load(built))
 
 
 def test_catalog_mixed_sampling_rates_raise(tmp_path) -> None:
@@ -602,7 +603,7 @@ def test_catalog_cluster_equals_in_process(tmp_path, catalog_csv, built) -> None
             catalog_csv, WINDOWS, out, chunk_size=CHUNK, client=client
         )
 
-    xr.testing.assert_identical(_load(out), _load(built))
+    assert_same_store(_load(out), _load(built))
 
 
 # ---------------------------------------------------------------------------
