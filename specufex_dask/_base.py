@@ -20,7 +20,7 @@ import xarray as xr
 
 from specufex_dask import __version__, _model_io, _svi
 from specufex_dask._data import Source, as_source
-from specufex_dask.parallel import HeldFutures
+from specufex_dask.parallel import HeldFutures, check_visible_to_workers
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +218,7 @@ class SVIModel:
         check_int("checkpoint_every", checkpoint_every, 1)
         if n_steps is not None:
             check_int("n_steps", n_steps, 1)
+        check_visible_to_workers(data, client)
         source = as_source(data, self._what, storage_options=storage_options)
         if fresh or not getattr(self, "is_fitted_", False):
             self._init_params(source)

@@ -230,6 +230,31 @@ def n_threads(client) -> int:
     return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
 
 
+def check_visible_to_workers(path: Any, client) -> None:
+    """Refuse a ``memory://`` store when the workers are other processes.
+
+    fsspec's memory filesystem lives in one process: worker processes would
+    find no store there (or write one that this process never sees).
+
+    Raises
+    ------
+    ValueError
+        Naming the store and what to use instead.
+    """
+    if client is None or not isinstance(path, str | os.PathLike):
+        return
+    path = os.fspath(path)
+    if not path.startswith("memory://"):
+        return
+    if set(client.run(os.getpid).values()) - {os.getpid()}:
+        raise ValueError(
+            f"store {path!r} is in this process's memory (memory://), which the "
+            "Dask worker processes cannot see; use a local folder or an "
+            "object-store URL, or a cluster of threads "
+            "(LocalCluster(processes=False)), or no cluster"
+        )
+
+
 class HeldFutures:
     """The futures of one stage, released once the next stage is submitted.
 

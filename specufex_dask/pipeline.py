@@ -28,7 +28,7 @@ from specufex_dask.hmm import BayesianHMM
 from specufex_dask.hmm import _transform_kernel as _hmm_kernel
 from specufex_dask.nmf import BayesianNonparametricNMF
 from specufex_dask.nmf import _transform_kernel as _nmf_kernel
-from specufex_dask.parallel import n_threads, run_tasks
+from specufex_dask.parallel import check_visible_to_workers, n_threads, run_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -369,6 +369,8 @@ def transform_nmf(
         {"spectrogram store": spectrograms, "model file": model},
         storage_options=storage_options,
     )
+    for path in (spectrograms, out):
+        check_visible_to_workers(path, client)
     model = _as_model(model, BayesianNonparametricNMF, storage_options)
     model._check_fitted()
     source = as_source(spectrograms, dims.SPECTROGRAM, storage_options=storage_options)
@@ -449,6 +451,8 @@ def transform_hmm(
         {"activation store": activations, "model file": model},
         storage_options=storage_options,
     )
+    for path in (activations, out):
+        check_visible_to_workers(path, client)
     model = _as_model(model, BayesianHMM, storage_options)
     model._check_fitted()
     source = as_source(activations, dims.ACTIVATION, storage_options=storage_options)

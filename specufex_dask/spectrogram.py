@@ -53,7 +53,7 @@ import scipy.signal
 import xarray as xr
 
 from specufex_dask import __version__, dims, store
-from specufex_dask.parallel import Progress, run_tasks
+from specufex_dask.parallel import Progress, check_visible_to_workers, run_tasks
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -1449,6 +1449,7 @@ def _build(
     storage_options: Mapping | None,
 ) -> str:
     """Both passes and the store, shared by the catalog and continuous modes."""
+    check_visible_to_workers(out, client)
     resolved = _resolve(plan, index)
     for rate in np.unique(resolved.rate[resolved.rate > 0]):
         recipe.check_sampling_rate(float(rate))

@@ -521,3 +521,30 @@ def test_relative_paths_follow_the_current_directory(
         )
         written = store.open_store(tmp_path / name / "act.zarr")[dims.ACTIVATION]
         np.testing.assert_array_equal(written.values, expected.transform(data))
+
+
+@pytest.mark.cluster
+def test_a_memory_store_is_refused_on_worker_processes(X, cluster_clients, tmp_path):
+    import uuid
+
+    import fsspec
+
+    client = cluster_clients[2]
+    url = f"memory://specufex-{uuid.uuid4().hex}/spec.zarr"
+    write_spectrogram_store(url, X, 13)
+    message = (
+        r"store 'memory://.*' is in this process's memory \(memory://\), which the "
+        "Dask worker processes cannot see; use a local folder"
+    )
+    with pytest.raises(ValueError, match=message):
+        BayesianNonparametricNMF(**NMF).fit(url, client=client)
+    # in this process the same store is fine, and a model fitted on it
+    nmf = BayesianNonparametricNMF(**NMF).fit(url)
+    np.testing.assert_array_equal(nmf.W1_, BayesianNonparametricNMF(**NMF).fit(X).W1_)
+    out = f"memory://specufex-{uuid.uuid4().hex}/act.zarr"
+    local = write_spectrogram_store(tmp_path / "spec.zarr", X, 13)
+    for spectrograms, output in ((url, str(tmp_path / "act.zarr")), (local, out)):
+        with pytest.raises(ValueError, match=message):
+            pipeline.transform_nmf(nmf, spectrograms, output, client=client)
+    assert not (tmp_path / "act.zarr").exists()
+    assert not fsspec.filesystem("memory").exists(out)
