@@ -85,17 +85,13 @@ class StoreSpec:
         return store.FrozenOptions(self.storage_options).to_dict()
 
 
-#: encodings by which stored numbers differ from the values they stand for
-_PACKING = ("scale_factor", "add_offset")
-
-
 def _check_unpacked(da: xr.DataArray, variable: str, path: str) -> None:
     """Refuse a variable stored packed (CF ``scale_factor``/``add_offset``).
 
     Workers read the stored numbers as they are, without xarray's decoding,
     so a packed variable would be fitted and transformed in its packed units.
     """
-    packing = {k: da.encoding[k] for k in _PACKING if k in da.encoding}
+    packing = {k: da.encoding[k] for k in store.PACKING_ATTRS if k in da.encoding}
     if packing:
         shown = ", ".join(f"{k}={v!r}" for k, v in packing.items())
         raise store.StoreError(

@@ -68,10 +68,20 @@ def get(key: str, default: Any = _NO_DEFAULT) -> Any:
     return dask.config.get(full_key, default=default)
 
 
-def get_int(key: str, low: int, suggest: int) -> int:
-    """``specufex-dask.<key>`` as a whole number of at least ``low``.
+def bad_setting(key: str, value: Any, expected: str) -> ValueError:
+    """The error for a value of ``specufex-dask.<key>`` that is not
+    ``expected``; it offers the package default and both ways to set it."""
+    default = defaults[NAMESPACE][key]
+    env = "DASK_" + f"{NAMESPACE}__{key}".upper().replace("-", "_")
+    return ValueError(
+        f"{NAMESPACE}.{key} must be {expected}; got {value!r}: set it to "
+        f"{default}, say ({env}={default} or "
+        f'dask.config.set({{"{NAMESPACE}.{key}": {default}}}))'
+    )
 
-    ``suggest`` is the value the error message offers (the default, say).
+
+def get_int(key: str, low: int) -> int:
+    """``specufex-dask.<key>`` as a whole number of at least ``low``.
 
     Raises
     ------
@@ -80,12 +90,7 @@ def get_int(key: str, low: int, suggest: int) -> int:
     """
     value = get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        env = "DASK_" + f"{NAMESPACE}__{key}".upper().replace("-", "_")
-        raise ValueError(
-            f"{NAMESPACE}.{key} must be a whole number >= {low}; got {value!r}: "
-            f"set it to {suggest}, say ({env}={suggest} or "
-            f'dask.config.set({{"{NAMESPACE}.{key}": {suggest}}}))'
-        )
+        raise bad_setting(key, value, f"a whole number >= {low}")
     return value
 
 

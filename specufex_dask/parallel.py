@@ -219,7 +219,7 @@ def get_client(
             threads_per_worker,
             environ or "as Dask sets it",
         )
-    client.run(_pin_worker_threads, config_dask.get_int("blas-threads", 1, 1))
+    client.run(_pin_worker_threads, config_dask.get_int("blas-threads", 1))
     logger.info("Dask dashboard: %s", client.dashboard_link)
     return client
 
@@ -350,7 +350,7 @@ def run_tasks(
 
     shared = list(shared)
     n_total = len(arguments)
-    retries = config_dask.get_int("retries", 0, 2)
+    retries = config_dask.get_int("retries", 0)
     if client is None:
         results = []
         for i, args in enumerate(arguments):

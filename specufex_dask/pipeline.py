@@ -90,7 +90,7 @@ def _prepare_output(
     Returns the per-chunk completion flags.
     """
     # the tasks read it: a bad value must stop the stage before it writes
-    config_dask.get_int("retries", 0, 2)
+    config_dask.get_int("retries", 0)
     if store.store_exists(out, storage_options):
         try:
             existing = store.open_store(out, storage_options)

@@ -1323,12 +1323,10 @@ def _chunk_target_bytes() -> float:
     except (TypeError, ValueError):
         mb = math.nan
     if not (math.isfinite(mb) and mb > 0) or isinstance(value, bool):
-        raise ValueError(
-            f"specufex-dask.chunk-target-mb must be a positive number of MB; got "
-            f"{value!r}: set it to 4, say (DASK_SPECUFEX_DASK__CHUNK_TARGET_MB=4 or "
-            'dask.config.set({"specufex-dask.chunk-target-mb": 4})), or give '
-            "the chunk size (chunk_size, --chunk-size)"
+        error = config_dask.bad_setting(
+            "chunk-target-mb", value, "a positive number of MB"
         )
+        raise ValueError(f"{error}, or give the chunk size (chunk_size, --chunk-size)")
     return mb * 1e6
 
 

@@ -708,8 +708,10 @@ def open_regions(path: str | os.PathLike, storage_options: Mapping | None = None
     )
 
 
+#: CF attributes by which stored numbers differ from the values they stand for
+PACKING_ATTRS = ("scale_factor", "add_offset")
 #: attributes by which xarray transforms values on their way into a store
-_ENCODING_ATTRS = ("scale_factor", "add_offset", "calendar")
+_ENCODING_ATTRS = (*PACKING_ATTRS, "calendar")
 
 
 def _encoded(attrs: Mapping) -> bool:
