@@ -188,9 +188,7 @@ def get_client(
     from specufex_dask import config_dask
 
     config_dask.apply_dashboard_link()
-    threads_per_worker = threads_per_worker or config_dask.get_int(
-        "worker-threads", 1, 1
-    )
+    threads_per_worker = threads_per_worker or config_dask.get_int("worker-threads", 1)
     if scheduler:
         if os.path.exists(scheduler):
             client = Client(scheduler_file=scheduler)

@@ -599,3 +599,15 @@ def test_a_bad_retries_setting_stops_a_transform_before_it_writes(
         with pytest.raises(ValueError, match=message):
             pipeline.transform_nmf(nmf_file, spec_store, str(out))
     assert not out.exists()
+
+
+def test_a_bad_worker_threads_setting_is_named_before_a_cluster_starts() -> None:
+    import dask
+
+    with dask.config.set({"specufex-dask.worker-threads": 0}):
+        with pytest.raises(
+            ValueError,
+            match=r"specufex-dask.worker-threads must be a whole number >= 1; got 0: "
+            r"set it to 1, say \(DASK_SPECUFEX_DASK__WORKER_THREADS=1",
+        ):
+            parallel.get_client(n_workers=1, dashboard_address="127.0.0.1:0")
