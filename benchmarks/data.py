@@ -90,12 +90,18 @@ def spectrogram_store(
     The store follows the package's contract: variable ``spectrogram``
     (float32, dims ``("window", "frequency", "time")``, chunked along
     ``window`` only), string ``window`` ids, ``frequency`` in Hz and
-    ``time`` in s.
+    ``time`` in s, compressed as the package compresses the stores it
+    writes.
     """
     import dask.array as da
     import xarray as xr
 
-    name = f"spectrograms-n{n_window}-c{chunk_size}-d{n_frequency}-m{n_time}-s{seed}"
+    from specufex_dask import store
+
+    name = (
+        f"spectrograms-n{n_window}-c{chunk_size}-d{n_frequency}-m{n_time}-s{seed}"
+        f"-b{store.WINDOW_BLOSC_BLOCKSIZE}"
+    )
     path = Path(cache) / f"{name}.zarr"
     marker = path / _DONE
     if marker.exists():
@@ -127,7 +133,12 @@ def spectrogram_store(
         },
         attrs={"description": "synthetic benchmark spectrograms", "seed": seed},
     )
-    ds.chunk({"window": chunk_size}).to_zarr(str(path), zarr_format=2, mode="w")
+    ds.chunk({"window": chunk_size}).to_zarr(
+        str(path),
+        zarr_format=2,
+        mode="w",
+        encoding={"spectrogram": {"compressors": store.window_compressor()}},
+    )
     marker.write_text(json.dumps({"n_window": n_window, "chunk_size": chunk_size}))
     return str(path)
 

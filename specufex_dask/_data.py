@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from specufex_dask import dims, store
+from specufex_dask import _blosc, dims, store
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +146,20 @@ class _ChunkLayout:
     dtype: np.dtype
     order: str
     codec: Any
+    #: the chunk files are on this machine's filesystem: read in place
+    local: bool = False
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.chunk_shape[1:])) * self.dtype.itemsize
+
+    @property
+    def in_part(self) -> bool:
+        """Whether single rows can be read without decoding the whole chunk:
+        C-ordered rows, stored raw or by Blosc (see :mod:`._blosc`)."""
+        return self.order == "C" and (
+            self.codec is None or self.codec.codec_id == "blosc"
+        )
 
 
 @functools.lru_cache(maxsize=16)
@@ -177,6 +191,8 @@ def _chunk_layout(spec: StoreSpec) -> _ChunkLayout | None:
         fs, root = store._fs_and_path(
             spec.path, store.url_options(spec.path, spec.options)
         )
+        from fsspec.implementations.local import LocalFileSystem
+
         return _ChunkLayout(
             fs=fs,
             prefix=f"{root.rstrip('/')}/{array.path}/",
@@ -185,22 +201,73 @@ def _chunk_layout(spec: StoreSpec) -> _ChunkLayout | None:
             dtype=np.dtype(meta["dtype"]),
             order=str(meta.get("order", "C")),
             codec=codec,
+            # exactly fsspec's own: a subclass may do more than read files
+            local=type(fs) is LocalFileSystem,
         )
     except (KeyError, TypeError, ValueError) as exc:
         logger.debug("reading %r through zarr: %s", spec.path, exc)
         return None
 
 
-def _read_chunk(layout: _ChunkLayout, chunk_index: int) -> np.ndarray | None:
-    """One whole chunk, decoded, or None when it was never written (zarr
-    then gives its fill value)."""
-    try:
-        raw = layout.fs.cat_file(f"{layout.prefix}{chunk_index}{layout.suffix}")
-    except FileNotFoundError:
-        return None
+def _decode_chunk(layout: _ChunkLayout, raw: bytes) -> np.ndarray:
     data = layout.codec.decode(raw) if layout.codec is not None else raw
     flat = np.frombuffer(data, dtype=layout.dtype)
     return flat.reshape(layout.chunk_shape, order=layout.order)
+
+
+def _rows_in_part(
+    layout: _ChunkLayout, fetch: _blosc.Fetch, rows: np.ndarray
+) -> np.ndarray | None:
+    """``rows`` of a chunk read through ``fetch`` without decoding all of
+    it, or None when the chunk must be decoded whole."""
+    nbytes = layout.row_bytes * layout.chunk_shape[0]
+    try:
+        if layout.codec is None:
+            got = _blosc.gather_rows(fetch, 0, layout.row_bytes, rows)
+        else:
+            got = _blosc.read_row_bytes(fetch, nbytes, layout.row_bytes, rows)
+    except _blosc.CorruptBuffer:
+        # a damaged chunk: the full decoder says what is wrong with it
+        return None
+    if got is None:
+        return None
+    return got.view(layout.dtype).reshape((rows.size, *layout.chunk_shape[1:]))
+
+
+def _read_chunk_rows(
+    layout: _ChunkLayout, chunk_index: int, rows: np.ndarray
+) -> np.ndarray | None:
+    """``rows`` (sorted offsets) of one chunk, or None when the chunk was
+    never written.
+
+    A few rows of a Blosc or uncompressed chunk are read in part: from a
+    local file only the bytes of the blocks that hold them, from any other
+    filesystem the whole file, decoding only those blocks.
+    """
+    path = f"{layout.prefix}{chunk_index}{layout.suffix}"
+    try:
+        if layout.in_part and layout.local:
+            with open(path, "rb") as file:
+
+                def fetch(lo: int, hi: int) -> bytes:
+                    file.seek(lo)
+                    return file.read(hi - lo)
+
+                got = _rows_in_part(layout, fetch, rows)
+                if got is not None:
+                    return got
+                file.seek(0)
+                raw = file.read()
+        else:
+            raw = layout.fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+    if layout.in_part and not layout.local:
+        view = memoryview(raw)
+        got = _rows_in_part(layout, lambda lo, hi: view[lo:hi], rows)
+        if got is not None:
+            return got
+    return _decode_chunk(layout, raw)[rows]
 
 
 def read_rows(
@@ -228,9 +295,11 @@ def read_rows(
             hi = chunk_index * spec.chunk_size + int(rows[-1]) + 1
             selected = rows - rows[0]
             layout = _chunk_layout(spec)
-            chunk = None if layout is None else _read_chunk(layout, chunk_index)
-            if chunk is not None:
-                values = chunk[rows].astype(np.float64)
+            picked = (
+                None if layout is None else _read_chunk_rows(layout, chunk_index, rows)
+            )
+            if picked is not None:
+                values = picked.astype(np.float64)
             else:
                 values = np.asarray(array[lo:hi])[selected].astype(np.float64)
             if not ids:

@@ -55,6 +55,14 @@ KIND_ATTR = "specufex_kind"
 STORE_ID_ATTR = "specufex_store_id"
 DONE_VAR = "_chunk_done"
 CHUNK_DIM = "_chunk"
+#: the ``blocksize`` asked of Blosc for the variables along ``window``.
+#: Blosc compresses a chunk in independent blocks, and an SVI step reads a
+#: few windows from each of hundreds of chunks, decoding only the blocks
+#: they lie in (see ``_blosc``): the smaller the blocks, the less is decoded
+#: for nothing. The c-blosc that numcodecs bundles turns this request into
+#: blocks of 64 KiB for float32 and float64 data (its default would be
+#: 512 KiB to 1 MiB for chunks of a few MB); the store grows by 1-3 %.
+WINDOW_BLOSC_BLOCKSIZE = 8192
 
 
 class StoreError(ValueError):
@@ -622,6 +630,9 @@ def create_store(
         for name in ds.data_vars
         if name != DONE_VAR
     }
+    for name, var in ds.data_vars.items():
+        if dims.WINDOW in var.dims:
+            encoding[name]["compressors"] = window_compressor()
     encoding[DONE_VAR] = {"chunks": (1,)}
     if not is_url(path):
         _write_new_store(os.fspath(path), ds, encoding)
@@ -670,6 +681,16 @@ def _write_new_store(path: str, ds: xr.Dataset, encoding: dict) -> None:
     )
     # the completion array must hold real zeros, not the fill value only
     _done_array(path, None)[:] = 0
+
+
+def window_compressor():
+    """The codec of the variables along ``window``: Zarr's default (Blosc
+    LZ4, level 5, byte shuffle) in blocks of :data:`WINDOW_BLOSC_BLOCKSIZE`."""
+    from numcodecs import Blosc
+
+    return Blosc(
+        cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE, blocksize=WINDOW_BLOSC_BLOCKSIZE
+    )
 
 
 def _chunks_for(var: xr.DataArray, chunk_size: int) -> tuple[int, ...]:

@@ -161,6 +161,9 @@ def test_store_activations_equal_array_activations(X, stores, tmp_path) -> None:
     )
     act = store.open_store(out)
     np.testing.assert_array_equal(act[dims.ACTIVATION].values, nmf.transform(X))
+    # compressed in the small Blosc blocks that SVI steps read in part
+    codec = zarr.open_group(out, mode="r")[dims.ACTIVATION].metadata.compressor
+    assert codec.get_config() == store.window_compressor().get_config()
     np.testing.assert_allclose(act["gain"].values, nmf.gain_)
     hmm = BayesianHMM(**HMM).fit(out)
     # the gain comes from the activation store

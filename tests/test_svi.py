@@ -110,3 +110,84 @@ def test_rows_read_directly_equal_rows_read_through_zarr(
     for c, (values, _) in read.items():
         through_zarr, _ = _data.read_rows(spec, c, np.arange(len(values)))
         np.testing.assert_array_equal(values, through_zarr)
+
+
+@pytest.mark.parametrize(
+    "where, compressors",
+    [
+        ("local", "package"),
+        ("local", None),
+        ("memory", "package"),
+        ("memory", None),
+    ],
+    ids=["package-codec", "raw", "package-codec-in-memory", "raw-in-memory"],
+)
+def test_a_few_rows_are_read_without_decoding_whole_chunks(
+    where, compressors, tmp_path, monkeypatch
+) -> None:
+    """An SVI step's rows are cut out of the blocks that hold them; they
+    equal what zarr reads, and the whole-chunk decoder is never called."""
+    import uuid
+
+    import zarr
+
+    from specufex_dask import _data, store
+
+    codec = store.window_compressor() if compressors == "package" else None
+    path = (
+        str(tmp_path / "x.zarr")
+        if where == "local"
+        else f"memory://rows-{uuid.uuid4().hex}/x.zarr"
+    )
+    group = zarr.open_group(path, mode="w", zarr_format=2)
+    window = group.create_array("window", shape=(96,), chunks=(96,), dtype="<i8")
+    window[:] = np.arange(96)
+    # 32 windows of 50 x 40 float32 per chunk: 256 kB, several Blosc blocks
+    values = np.random.default_rng(1).gamma(2.0, 1.0, (96, 50, 40)).astype("<f4")
+    array = group.create_array(
+        "x", shape=values.shape, chunks=(32, 50, 40), dtype="<f4", compressors=codec
+    )
+    array[:] = values
+    spec = _data.StoreSpec(path=path, variable="x", chunk_size=32)
+    layout = _data._chunk_layout(spec)
+    assert layout is not None and layout.in_part
+    assert layout.local == (where == "local")
+
+    def whole_chunk(*args):
+        raise AssertionError("the whole chunk was decoded")
+
+    monkeypatch.setattr(_data, "_decode_chunk", whole_chunk)
+    for chunk, rows in [(0, [0]), (0, [5, 6]), (1, [31]), (2, [3, 17, 18])]:
+        rows = np.array(rows)
+        got, ids = _data.read_rows(spec, chunk, rows)
+        np.testing.assert_array_equal(got, values[32 * chunk + rows].astype(np.float64))
+        assert ids.tolist() == (32 * chunk + rows).tolist()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_chunk_read_in_part_fails_as_blosc_says(damage, tmp_path) -> None:
+    import zarr
+
+    from specufex_dask import _data, store
+
+    path = tmp_path / "x.zarr"
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    group.create_array("window", shape=(64,), chunks=(64,), dtype="<i8")[:] = range(64)
+    values = np.random.default_rng(2).gamma(2.0, 1.0, (64, 50, 40)).astype("<f4")
+    array = group.create_array(
+        "x",
+        shape=values.shape,
+        chunks=(32, 50, 40),
+        dtype="<f4",
+        compressors=store.window_compressor(),
+    )
+    array[:] = values
+    chunk = path / "x" / "1.0.0"
+    raw = chunk.read_bytes()
+    chunk.write_bytes(b"not a chunk" if damage == "garbage" else raw[: len(raw) // 2])
+    spec = _data.StoreSpec(path=str(path), variable="x", chunk_size=32)
+    with pytest.raises(RuntimeError, match="error during blosc decompression"):
+        _data.read_rows(spec, 1, np.array([30]))
+    # the intact chunk is still read
+    got, _ = _data.read_rows(spec, 0, np.array([30]))
+    np.testing.assert_array_equal(got[0], values[30])
