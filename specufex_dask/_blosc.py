@@ -111,27 +111,27 @@ def read_row_bytes(
     if offsets[0] < table_end or offsets[-2] >= cbytes:
         raise CorruptBuffer("the block table points outside the buffer")
 
-    out = np.empty((rows.size, row_bytes), np.uint8)
+    # the decoded blocks land in their place in the chunk; the rest of it
+    # is never touched
+    chunk = np.empty(nbytes, np.uint8)
     for b in needed:
         lo = int(table[b])
         hi = int(offsets[np.searchsorted(offsets, lo, side="right")])
         size = min(blocksize, nbytes - b * blocksize)
-        block = _decode_block(
-            head, size, size < blocksize, _read_exactly(fetch, lo, hi)
+        _decode_block(
+            head,
+            size,
+            size < blocksize,
+            _read_exactly(fetch, lo, hi),
+            chunk[b * blocksize : b * blocksize + size],
         )
-        block_lo = b * blocksize
-        for i in np.flatnonzero((first <= b) & (last >= b)):
-            row_lo = int(starts[i])
-            lo = max(row_lo, block_lo)
-            hi = min(row_lo + row_bytes, block_lo + size)
-            out[i, lo - row_lo : hi - row_lo] = block[lo - block_lo : hi - block_lo]
-    return out.reshape(-1)
+    return chunk.reshape(-1, row_bytes)[rows].reshape(-1)
 
 
 def _decode_block(
-    head: memoryview, size: int, shorter: bool, data: memoryview
-) -> np.ndarray:
-    """One block decoded by Blosc, from a buffer made of it alone.
+    head: memoryview, size: int, shorter: bool, data: memoryview, out: np.ndarray
+) -> None:
+    """Decode one block into ``out`` with Blosc, from a buffer made of it alone.
 
     The last block of a buffer, when shorter than the others, is never
     split into streams; as the only block of its own buffer it would be
@@ -152,4 +152,4 @@ def _decode_block(
             data,
         )
     )
-    return np.frombuffer(blosc.decompress(buffer), np.uint8)
+    blosc.decompress(buffer, out)

@@ -271,13 +271,19 @@ def _read_chunk_rows(
 
 
 def read_rows(
-    spec: StoreSpec, chunk_index: int, rows: np.ndarray, *, ids: bool = True
+    spec: StoreSpec,
+    chunk_index: int,
+    rows: np.ndarray,
+    *,
+    ids: bool = True,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Read the given rows (sorted offsets within one chunk) of a stored variable.
 
     Returns the values as float64 and the window ids of those rows (``None``
     with ``ids=False``, for a caller that holds them already). Only the
-    selected rows are converted to float64.
+    selected rows are converted to float64, straight into ``out`` when it
+    is given (a float64 array of their shape, which is then returned).
     Transient I/O errors (time-outs, dropped connections of an object store)
     are retried up to :data:`READ_ATTEMPTS` times with a doubling pause.
 
@@ -298,10 +304,13 @@ def read_rows(
             picked = (
                 None if layout is None else _read_chunk_rows(layout, chunk_index, rows)
             )
-            if picked is not None:
+            if picked is None:
+                picked = np.asarray(array[lo:hi])[selected]
+            if out is None:
                 values = picked.astype(np.float64)
             else:
-                values = np.asarray(array[lo:hi])[selected].astype(np.float64)
+                values = out
+                values[...] = picked
             if not ids:
                 return values, None
             return values, np.asarray(window[lo:hi])[selected]
@@ -337,13 +346,39 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def read_plan(
+    spec: StoreSpec, plan: Sequence[tuple[int, np.ndarray]], ids: Sequence, what: str
+) -> np.ndarray:
+    """The rows of a read plan (see :meth:`Source.plan`), chunk after chunk,
+    as one float64 array, checked with :func:`check_values`.
+
+    Each chunk's rows are converted into their place in the result: no
+    float64 copy per chunk and then another of them all.
+    """
+    sizes = [len(rows) for _, rows in plan]
+    first, _ = read_rows(spec, plan[0][0], plan[0][1], ids=False)
+    values = np.empty((sum(sizes), *first.shape[1:]), np.float64)
+    values[: sizes[0]] = first
+    start = sizes[0]
+    for (chunk_index, rows), size in zip(plan[1:], sizes[1:], strict=True):
+        read_rows(spec, chunk_index, rows, ids=False, out=values[start : start + size])
+        start += size
+    check_values(values, ids, what)
+    return values
+
+
 def check_values(values: np.ndarray, ids: Sequence, what: str) -> None:
     """Raise a ValueError naming the first window with invalid values.
 
     Values must be finite and non-negative, and no window may be all zero.
     """
-    ids = [_plain(i) for i in ids]
     flat = values.reshape(values.shape[0], -1)
+    # one pass for the least and one for the greatest value of each window:
+    # NaN fails ``low >= 0``, infinities ``isfinite``, all-zero ``high > 0``
+    low, high = flat.min(axis=1), flat.max(axis=1)
+    if np.all((low >= 0) & (high > 0) & np.isfinite(high)):
+        return
+    ids = [_plain(i) for i in ids]
     bad = ~np.isfinite(flat).all(axis=1)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -416,13 +451,11 @@ class Source:
         """
         if self.values is not None:
             return np.asarray(self.values[indices], dtype=np.float64)
-        parts = [
-            read_rows(self.spec, c, rows, ids=False)[0]
-            for c, rows in self.plan(indices)
-        ]
-        values = np.concatenate(parts, axis=0)
-        check_values(values, self.window[indices], self.spec.variable)
-        return values
+        if indices.size == 0:
+            return np.empty((0, *self.shape[1:]), np.float64)
+        return read_plan(
+            self.spec, self.plan(indices), self.window[indices], self.spec.variable
+        )
 
     def plan(self, indices: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """Group sorted ``indices`` by chunk: ``[(chunk_index, offsets), …]``."""

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from specufex_dask._data import Source, StoreSpec, check_values, read_rows
+from specufex_dask._data import Source, StoreSpec, read_plan
 from specufex_dask.parallel import HeldFutures, n_threads, run_tasks
 
 logger = logging.getLogger(__name__)
@@ -87,11 +87,7 @@ def _statistics_task(
     what: str,
 ) -> tuple[np.ndarray, ...]:
     """Block sums of the statistics of whole blocks of windows of a store."""
-    values = np.concatenate(
-        [read_rows(spec, c, rows, ids=False)[0] for c, rows in plan]
-    )
-    check_values(values, ids, what)
-    return block_sums(kernel(shared, values))
+    return block_sums(kernel(shared, read_plan(spec, plan, ids, what)))
 
 
 def gather_statistics(

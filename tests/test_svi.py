@@ -162,6 +162,12 @@ def test_a_few_rows_are_read_without_decoding_whole_chunks(
         got, ids = _data.read_rows(spec, chunk, rows)
         np.testing.assert_array_equal(got, values[32 * chunk + rows].astype(np.float64))
         assert ids.tolist() == (32 * chunk + rows).tolist()
+    # a whole minibatch, chunk after chunk, into one array
+    indices = np.array([0, 5, 6, 40, 63, 64, 90])
+    source = _data.Source(shape=values.shape, window=np.arange(96), spec=spec)
+    np.testing.assert_array_equal(
+        source.read(indices), values[indices].astype(np.float64)
+    )
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
@@ -191,3 +197,38 @@ def test_a_damaged_chunk_read_in_part_fails_as_blosc_says(damage, tmp_path) -> N
     # the intact chunk is still read
     got, _ = _data.read_rows(spec, 0, np.array([30]))
     np.testing.assert_array_equal(got[0], values[30])
+
+
+def test_check_values_names_the_first_bad_window_of_every_kind() -> None:
+    """Brute force over windows of two values drawn from 0, 1, -1, NaN, +inf
+    and -inf: the oracle checks each window in turn, value by value."""
+    import itertools
+
+    from specufex_dask._data import check_values
+
+    def oracle(values):
+        for rule in ("nonfinite", "negative", "zero"):
+            for i, window in enumerate(values):
+                w = [float(v) for v in window.ravel()]
+                if rule == "nonfinite" and not all(np.isfinite(w)):
+                    return i, "holds NaN or infinite values"
+                if rule == "negative" and any(v < 0 for v in w):
+                    return i, "has negative values"
+                if rule == "zero" and not any(v > 0 for v in w):
+                    return i, "is all zero"
+        return None
+
+    choices = [0.0, 1.0, -1.0, np.nan, np.inf, -np.inf]
+    windows = list(itertools.product(choices, repeat=2))
+    rng = np.random.default_rng(3)
+    for _ in range(400):
+        pick = rng.choice(len(windows), size=3)
+        values = np.array([windows[k] for k in pick]).reshape(3, 1, 2)
+        ids = ["a", "b", "c"]
+        expected = oracle(values)
+        if expected is None:
+            check_values(values, ids, "x")
+            continue
+        i, message = expected
+        with pytest.raises(ValueError, match=f"x of window '{ids[i]}' {message}"):
+            check_values(values, ids, "x")
