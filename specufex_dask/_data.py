@@ -167,8 +167,9 @@ def _chunk_layout(spec: StoreSpec) -> _ChunkLayout | None:
     """The layout of ``spec``'s chunks, or None to read them through zarr.
 
     zarr-python spends about 2 ms of bookkeeping on every read, several
-    times the decompression of a 4 MB chunk: an SVI step reads one window
-    from each of a few hundred chunks. Arrays of format 2, chunked along
+    times the decompression of a 4 MB chunk, let alone of the blocks that
+    hold one window: an SVI step reads one window from each of a few
+    hundred chunks. Arrays of format 2, chunked along
     ``window`` only, with no filters and one of :data:`_DIRECT_CODECS`, are
     read here as zarr stores them (the codecs were checked by
     :func:`_open_variable`); anything else goes through zarr.

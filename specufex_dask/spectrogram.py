@@ -1750,9 +1750,10 @@ def spectrograms_from_catalog(
         Seconds before and after the pick time.
     chunk_size : int, optional
         Windows per chunk; default about ``specufex-dask.chunk-target-mb``
-        (Dask config, 4 MB) of spectrograms a chunk. SVI fits decompress the
-        whole chunk of every window they sample, so larger chunks make fits
-        slower; smaller ones make more files and more tasks.
+        (Dask config, 4 MB) of spectrograms a chunk. SVI fits read a
+        sampled window's Blosc blocks from disk, but its whole chunk from an
+        object store, so larger chunks make fits on object stores slower;
+        smaller ones make more files and more tasks.
     client : distributed.Client, optional
         Run the tasks on this cluster; default in this process.
     progress : callable, optional
