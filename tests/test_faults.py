@@ -258,7 +258,7 @@ def test_fault_worker_killed_mid_nmf_fit_gives_the_same_fit(
     def on_step(model) -> None:
         if model.n_steps_done_ == 3:
             # step 4: the first task to start SIGKILLs its worker
-            client.run(_arm, "specufex_dask._svi", "read_rows", str(marker), "die")
+            client.run(_arm, "specufex_dask._svi", "read_plan", str(marker), "die")
         elif model.n_steps_done_ == 7:
             # step 8 starts while this worker is dying
             pid = min(wait_for_fresh_workers(client, {read_pid(marker)}).values())
@@ -274,7 +274,7 @@ def test_fault_worker_killed_mid_nmf_fit_gives_the_same_fit(
             on_step=on_step,
         )
     finally:
-        client.run(_disarm, "specufex_dask._svi", "read_rows")
+        client.run(_disarm, "specufex_dask._svi", "read_plan")
 
     # two worker processes died, and the fit equals the one without faults
     died_in_task = read_pid(marker)
