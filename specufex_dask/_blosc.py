@@ -71,15 +71,17 @@ def gather_rows(
 
 
 def read_row_bytes(
-    fetch: Fetch, nbytes: int, row_bytes: int, rows: np.ndarray
+    fetch: Fetch, nbytes: int, row_bytes: int, rows: np.ndarray, length: int
 ) -> np.ndarray | None:
     """The bytes of ``rows`` (sorted row numbers) of a Blosc buffer of
-    ``nbytes`` decompressed bytes made of rows of ``row_bytes`` bytes,
-    decoding only the blocks those rows lie in.
+    ``length`` bytes and ``nbytes`` decompressed bytes made of rows of
+    ``row_bytes`` bytes, decoding only the blocks those rows lie in.
 
     Returns a ``uint8`` array of ``len(rows) * row_bytes`` bytes, or
-    ``None`` when the buffer is not one this reader decodes in part, or
-    when the rows lie in every block (the full decoder is faster then).
+    ``None`` when the buffer is not one this reader decodes in part (its
+    header disagrees with ``nbytes`` or ``length``: a damaged buffer, for
+    the full decoder to report), or when the rows lie in every block (the
+    full decoder is faster then).
 
     Raises
     ------
@@ -90,6 +92,8 @@ def read_row_bytes(
     head = _read_exactly(fetch, 0, HEADER_BYTES)
     version, _, flags, _, total, blocksize, cbytes = _HEADER.unpack(head)
     if version != _FORMAT_VERSION or total != nbytes or blocksize <= 0:
+        return None
+    if cbytes != length:
         return None
     if flags & _MEMCPYED:
         return gather_rows(fetch, HEADER_BYTES, row_bytes, rows)

@@ -217,22 +217,34 @@ def _decode_chunk(layout: _ChunkLayout, raw: bytes) -> np.ndarray:
 
 
 def _rows_in_part(
-    layout: _ChunkLayout, fetch: _blosc.Fetch, rows: np.ndarray
+    layout: _ChunkLayout, fetch: _blosc.Fetch, length: int, rows: np.ndarray
 ) -> np.ndarray | None:
-    """``rows`` of a chunk read through ``fetch`` without decoding all of
-    it, or None when the chunk must be decoded whole."""
-    nbytes = layout.row_bytes * layout.chunk_shape[0]
+    """``rows`` of a chunk of ``length`` stored bytes read through ``fetch``
+    without decoding all of it, or None when the chunk must be decoded
+    whole: whenever something about it is not as the metadata say, the
+    full decoder reports it as it always did (a damaged chunk is refused
+    even when the rows asked for lie in intact blocks)."""
+    n_rows = layout.chunk_shape[0]
+    if rows.size == 0 or rows.min() < 0 or rows.max() >= n_rows:
+        return None
+    nbytes = layout.row_bytes * n_rows
     try:
         if layout.codec is None:
+            # no header to check: the file's size is the only witness
+            if length != nbytes:
+                return None
             got = _blosc.gather_rows(fetch, 0, layout.row_bytes, rows)
         else:
-            got = _blosc.read_row_bytes(fetch, nbytes, layout.row_bytes, rows)
+            got = _blosc.read_row_bytes(fetch, nbytes, layout.row_bytes, rows, length)
     except _blosc.CorruptBuffer:
-        # a damaged chunk: the full decoder says what is wrong with it
         return None
     if got is None:
         return None
     return got.view(layout.dtype).reshape((rows.size, *layout.chunk_shape[1:]))
+
+
+#: a chunk key that names no file: zarr reads the fill value for each of these
+_NO_CHUNK = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
 
 
 def _read_chunk_rows(
@@ -246,6 +258,7 @@ def _read_chunk_rows(
     filesystem the whole file, decoding only those blocks.
     """
     path = f"{layout.prefix}{chunk_index}{layout.suffix}"
+    missing = _NO_CHUNK if layout.local else (FileNotFoundError,)
     try:
         if layout.in_part and layout.local:
             with open(path, "rb") as file:
@@ -254,18 +267,19 @@ def _read_chunk_rows(
                     file.seek(lo)
                     return file.read(hi - lo)
 
-                got = _rows_in_part(layout, fetch, rows)
+                length = os.fstat(file.fileno()).st_size
+                got = _rows_in_part(layout, fetch, length, rows)
                 if got is not None:
                     return got
                 file.seek(0)
                 raw = file.read()
         else:
             raw = layout.fs.cat_file(path)
-    except FileNotFoundError:
+    except missing:
         return None
     if layout.in_part and not layout.local:
         view = memoryview(raw)
-        got = _rows_in_part(layout, lambda lo, hi: view[lo:hi], rows)
+        got = _rows_in_part(layout, lambda lo, hi: view[lo:hi], len(raw), rows)
         if got is not None:
             return got
     return _decode_chunk(layout, raw)[rows]

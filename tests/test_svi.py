@@ -170,7 +170,7 @@ def test_a_few_rows_are_read_without_decoding_whole_chunks(
     )
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "short-cbytes"])
 def test_a_damaged_chunk_read_in_part_fails_as_blosc_says(damage, tmp_path) -> None:
     import zarr
 
@@ -190,10 +190,18 @@ def test_a_damaged_chunk_read_in_part_fails_as_blosc_says(damage, tmp_path) -> N
     array[:] = values
     chunk = path / "x" / "1.0.0"
     raw = chunk.read_bytes()
-    chunk.write_bytes(b"not a chunk" if damage == "garbage" else raw[: len(raw) // 2])
+    if damage == "garbage":
+        chunk.write_bytes(b"not a chunk")
+    elif damage == "truncated":
+        chunk.write_bytes(raw[: 3 * len(raw) // 4])
+    else:  # the header's compressed size 100 bytes short of the file's
+        cbytes = int.from_bytes(raw[12:16], "little") - 100
+        chunk.write_bytes(raw[:12] + cbytes.to_bytes(4, "little") + raw[16:])
     spec = _data.StoreSpec(path=str(path), variable="x", chunk_size=32)
-    with pytest.raises(RuntimeError, match="error during blosc decompression"):
-        _data.read_rows(spec, 1, np.array([30]))
+    # row 0 lies in an intact first block: the chunk is refused all the same
+    for row in (0, 30):
+        with pytest.raises((RuntimeError, ValueError), match="blosc|Blosc"):
+            _data.read_rows(spec, 1, np.array([row]))
     # the intact chunk is still read
     got, _ = _data.read_rows(spec, 0, np.array([30]))
     np.testing.assert_array_equal(got[0], values[30])
@@ -232,3 +240,77 @@ def test_check_values_names_the_first_bad_window_of_every_kind() -> None:
         i, message = expected
         with pytest.raises(ValueError, match=f"x of window '{ids[i]}' {message}"):
             check_values(values, ids, "x")
+
+
+def _raw_store(path, chunks=(32, 5, 4)):
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    group.create_array("window", shape=(64,), chunks=(64,), dtype="<i8")[:] = range(64)
+    values = np.repeat(np.arange(1.0, 65.0), 20).reshape(64, 5, 4).astype("<f4")
+    array = group.create_array(
+        "x", shape=values.shape, chunks=chunks, dtype="<f4", compressors=None
+    )
+    array[:] = values
+    return values
+
+
+@pytest.mark.parametrize("edit", ["chunks", "dtype"])
+def test_uncompressed_chunks_of_another_size_than_the_metadata_are_refused(
+    edit, tmp_path
+) -> None:
+    """Chunk files left under metadata that say otherwise (chunks of 32
+    windows under metadata of 16, or float32 under float64) have no header
+    to check: their size must match, as zarr requires, or rows of other
+    windows would be read."""
+    import json
+
+    from specufex_dask import _data
+
+    path = tmp_path / "x.zarr"
+    _raw_store(path)
+    meta_path = path / "x" / ".zarray"
+    meta = json.loads(meta_path.read_text())
+    if edit == "chunks":
+        meta["chunks"] = [16, 5, 4]
+    else:
+        meta["dtype"] = "<f8"
+    meta_path.write_text(json.dumps(meta))
+    consolidated = path / ".zmetadata"
+    if consolidated.exists():
+        record = json.loads(consolidated.read_text())
+        record["metadata"]["x/.zarray"] = meta
+        consolidated.write_text(json.dumps(record))
+    spec = _data.StoreSpec(path=str(path), variable="x", chunk_size=meta["chunks"][0])
+    with pytest.raises(ValueError, match="cannot reshape"):
+        _data.read_rows(spec, 1, np.array([0, 5]))
+
+
+@pytest.mark.parametrize("layout", ["directory", "through-a-file"])
+def test_a_chunk_key_that_is_no_file_reads_the_fill_value(layout, tmp_path) -> None:
+    import zarr
+
+    from specufex_dask import _data, store
+
+    path = tmp_path / "x.zarr"
+    separator = "." if layout == "directory" else "/"
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    group.create_array("window", shape=(64,), chunks=(64,), dtype="<i8")[:] = range(64)
+    array = group.create_array(
+        "x",
+        shape=(64, 50, 40),
+        chunks=(32, 50, 40),
+        dtype="<f4",
+        fill_value=2.0,
+        compressors=store.window_compressor(),
+        chunk_key_encoding={"name": "v2", "separator": separator},
+    )
+    array[:32] = 1.0
+    if layout == "directory":
+        (path / "x" / "1.0.0").mkdir()
+    else:  # x/1 is a stray file, so x/1/0/0 runs through it
+        (path / "x" / "1").write_bytes(b"stray")
+    spec = _data.StoreSpec(path=str(path), variable="x", chunk_size=32)
+    got, _ = _data.read_rows(spec, 1, np.array([3]))
+    np.testing.assert_array_equal(got, np.asarray(array[35:36]))
+    assert float(got.max()) == 2.0
