@@ -527,6 +527,14 @@ def as_source(
             )
         da = ds[variable]
         _check_dims(da, expected, f"variable {variable!r} of store {path!r}")
+        if tuple(da.dims) != expected:
+            # workers read a store's rows as stored: window must come first
+            raise store.StoreError(
+                f"variable {variable!r} of store {path!r} has dims "
+                f"{tuple(map(str, da.dims))!r}, in another order than the "
+                f"store contract's {expected!r}; write it again in that order "
+                f"(ds.transpose{expected!r}.to_zarr(...))"
+            )
         _check_unpacked(da, variable, path)
         chunks = da.chunks[0] if da.chunks else (da.shape[0],)
         spec = StoreSpec(

@@ -201,18 +201,30 @@ def test_bad_values_stop_a_transform_and_leave_it_marked_incomplete(
             r"has dims \('window', 'frequency'\); expected \('window', "
             r"'frequency', 'time'\)",
         ),
+        (
+            "transpose",
+            r"has dims \('frequency', 'window', 'time'\), in another order than "
+            r"the store contract's \('window', 'frequency', 'time'\); write it "
+            r"again in that order",
+        ),
     ],
-    ids=["dim names", "number of dims"],
+    ids=["dim names", "number of dims", "order of dims"],
 )
 def test_wrong_dims_in_a_store_are_named(rename, match, tmp_path, capsys) -> None:
     ds = planted_dataset()
-    ds = ds.rename(rename) if rename else ds.isel({dims.TIME: 0}, drop=True)
+    if rename == "transpose":  # a store with window second: rows are not windows
+        ds = ds.transpose(dims.FREQUENCY, dims.WINDOW, dims.TIME)
+    elif rename:
+        ds = ds.rename(rename)
+    else:
+        ds = ds.isel({dims.TIME: 0}, drop=True)
     path = write_store(tmp_path / "dims.zarr", ds)
     model = tmp_path / "nmf.nc"
 
     err = cli_error(capsys, ["fit-nmf", path, "-o", str(model), "--no-cluster"])
 
     assert "has dims" in err
+    assert re.search(match, err)
     with pytest.raises(ValueError, match=match):
         BayesianNonparametricNMF(n_patterns=4, n_steps=2).fit(path)
     assert not model.exists()
