@@ -128,8 +128,8 @@ class Checkpointer:
     def __init__(self, location: str, storage_options: Mapping | None = None):
         self.location = os.fspath(location).rstrip("/")
         self.storage_options = dict(storage_options or {})
-        self.fs, _, (self.root,) = fsspec.get_fs_token_paths(
-            self.location, storage_options=self.storage_options
+        self.fs, self.root = fsspec.core.url_to_fs(
+            self.location, **self.storage_options
         )
 
     def _path(self, name: str) -> str:

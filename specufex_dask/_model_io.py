@@ -46,9 +46,7 @@ def write_model(
     ds = ds.copy()
     ds.attrs["format_version"] = FORMAT_VERSION
     if _is_url(path):
-        fs, _, (remote,) = fsspec.get_fs_token_paths(
-            path, storage_options=dict(storage_options or {})
-        )
+        fs, remote = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
         with tempfile.TemporaryDirectory() as tmp:
             local = os.path.join(tmp, "model.nc")
             ds.to_netcdf(local, engine="netcdf4")
@@ -86,9 +84,7 @@ def read_model(
     if not store.store_exists(path, storage_options):
         raise FileNotFoundError(f"no model file at {path!r}; check the path")
     if _is_url(path):
-        fs, _, (remote,) = fsspec.get_fs_token_paths(
-            path, storage_options=dict(storage_options or {})
-        )
+        fs, remote = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
         with tempfile.TemporaryDirectory() as tmp:
             local = os.path.join(tmp, "model.nc")
             fs.get_file(remote, local)

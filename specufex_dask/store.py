@@ -308,7 +308,7 @@ def check_store_metadata(
     arrays: dict[str, Any] = {}
 
     # consolidated records
-    top = fs.cat([f"{root}/.zmetadata", f"{root}/zarr.json"], on_error="omit")
+    top = _cat_existing(fs, [f"{root}/.zmetadata", f"{root}/zarr.json"])
     if f"{root}/.zmetadata" in top:
         record = _load_json(top[f"{root}/.zmetadata"], ".zmetadata", shown)
         entries = record.get("metadata", {}) if isinstance(record, Mapping) else {}
@@ -355,13 +355,13 @@ def _walk(fs, root: str, prefix: str, shown: str, arrays: dict, depth: int) -> N
     candidates = [f"{prefix}/{n}".lstrip("/") for n in sorted(names - _METADATA_NAMES)]
     if not candidates:
         return
-    docs = fs.cat(
+    docs = _cat_existing(
+        fs,
         [
             f"{root}/{member}/{doc}"
             for member in candidates
             for doc in (".zarray", ".zgroup", "zarr.json")
         ],
-        on_error="omit",
     )
     for member in candidates:
         base = f"{root}/{member}"
@@ -470,10 +470,22 @@ def _thaw(value: Any) -> Any:
 
 
 def _fs_and_path(path: str | os.PathLike, storage_options: Mapping | None):
-    fs, _, paths = fsspec.get_fs_token_paths(
-        os.fspath(path), storage_options=dict(storage_options or {})
+    # url_to_fs, not get_fs_token_paths: a path is a name, never a glob
+    # pattern (``*`` or ``[`` may be part of a folder's name)
+    return fsspec.core.url_to_fs(os.fspath(path), **dict(storage_options or {}))
+
+
+def _cat_existing(fs, paths: list[str]) -> dict[str, bytes]:
+    """The contents of those of ``paths`` that can be read, by path.
+
+    Unlike ``fs.cat`` of a list, the paths are not expanded as glob
+    patterns; an asynchronous filesystem (an object store) still fetches
+    them concurrently.
+    """
+    got = fs.cat_ranges(
+        paths, [None] * len(paths), [None] * len(paths), on_error="return"
     )
-    return fs, paths[0]
+    return {p: g for p, g in zip(paths, got, strict=True) if isinstance(g, bytes)}
 
 
 def metadata_time(

@@ -551,3 +551,23 @@ def test_a_memory_store_is_refused_on_worker_processes(X, cluster_clients, tmp_p
             pipeline.transform_nmf(nmf, spectrograms, output, client=client)
     assert not (tmp_path / "act.zarr").exists()
     assert not fsspec.filesystem("memory").exists(out)
+
+
+@pytest.mark.parametrize("folder", ["run*1", "run[1]", "run?"])
+def test_paths_with_glob_characters_are_names(X, tmp_path, folder) -> None:
+    """``*``, ``[`` and ``?`` in a folder's name are part of the name: the
+    store is read, the model and checkpoints saved and the activations
+    written there, as for any other folder."""
+    root = tmp_path / folder
+    root.mkdir()
+    path = write_spectrogram_store(root / "spec.zarr", X, 13)
+    expected = BayesianNonparametricNMF(**NMF).fit(X)
+    model = BayesianNonparametricNMF(**NMF).fit(
+        path, checkpoint=str(root / "checkpoints")
+    )
+    np.testing.assert_array_equal(model.W1_, expected.W1_)
+    model.save(root / "nmf.nc")
+    loaded = BayesianNonparametricNMF.load(root / "nmf.nc")
+    out = pipeline.transform_nmf(loaded, path, str(root / "act.zarr"), dtype="float64")
+    written = store.open_store(out)[dims.ACTIVATION]
+    np.testing.assert_array_equal(written.values, expected.transform(X))
