@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+from fsspec.implementations.local import LocalFileSystem
 
 from specufex_dask import _blosc, dims, store
 
@@ -192,8 +193,6 @@ def _chunk_layout(spec: StoreSpec) -> _ChunkLayout | None:
         fs, root = store._fs_and_path(
             spec.path, store.url_options(spec.path, spec.options)
         )
-        from fsspec.implementations.local import LocalFileSystem
-
         return _ChunkLayout(
             fs=fs,
             prefix=f"{root.rstrip('/')}/{array.path}/",
@@ -225,7 +224,8 @@ def _rows_in_part(
     full decoder reports it as it always did (a damaged chunk is refused
     even when the rows asked for lie in intact blocks)."""
     n_rows = layout.chunk_shape[0]
-    if rows.size == 0 or rows.min() < 0 or rows.max() >= n_rows:
+    # every row (a transform's read): the whole chunk, decoded in one go
+    if rows.size in (0, n_rows) or rows.min() < 0 or rows.max() >= n_rows:
         return None
     nbytes = layout.row_bytes * n_rows
     try:
@@ -526,15 +526,9 @@ def as_source(
                 f"written by specufex-dask"
             )
         da = ds[variable]
-        _check_dims(da, expected, f"variable {variable!r} of store {path!r}")
-        if tuple(da.dims) != expected:
-            # workers read a store's rows as stored: window must come first
-            raise store.StoreError(
-                f"variable {variable!r} of store {path!r} has dims "
-                f"{tuple(map(str, da.dims))!r}, in another order than the "
-                f"store contract's {expected!r}; write it again in that order "
-                f"(ds.transpose{expected!r}.to_zarr(...))"
-            )
+        # workers read a store's rows as stored: the order matters too
+        what = f"variable {variable!r} of store {path!r}"
+        _check_dims(da, expected, what, in_order=True)
         _check_unpacked(da, variable, path)
         chunks = da.chunks[0] if da.chunks else (da.shape[0],)
         spec = StoreSpec(
@@ -601,11 +595,21 @@ def as_source(
     return source
 
 
-def _check_dims(da: xr.DataArray, expected: tuple[str, ...], what: str) -> None:
+def _check_dims(
+    da: xr.DataArray, expected: tuple[str, ...], what: str, *, in_order: bool = False
+) -> None:
+    """Refuse other dims than ``expected`` (in that order with ``in_order``:
+    a store, whose rows must be windows; a DataArray is transposed)."""
     if set(da.dims) != set(expected):
         raise ValueError(
             f"{what} has dims {tuple(da.dims)!r}; expected {expected!r} "
             "(rename them with .rename(...) or .transpose(...))"
+        )
+    if in_order and tuple(da.dims) != expected:
+        raise store.StoreError(
+            f"{what} has dims {tuple(map(str, da.dims))!r}, in another order than "
+            f"the store contract's {expected!r}; write it again in that order "
+            f"(ds.transpose{expected!r}.to_zarr(...))"
         )
 
 

@@ -314,3 +314,30 @@ def test_a_chunk_key_that_is_no_file_reads_the_fill_value(layout, tmp_path) -> N
     got, _ = _data.read_rows(spec, 1, np.array([3]))
     np.testing.assert_array_equal(got, np.asarray(array[35:36]))
     assert float(got.max()) == 2.0
+
+
+def test_every_row_of_a_chunk_is_decoded_whole(tmp_path, monkeypatch) -> None:
+    """A transform reads whole chunks: no block table is read for them."""
+    import zarr
+
+    from specufex_dask import _blosc, _data, store
+
+    path = tmp_path / "x.zarr"
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    group.create_array("window", shape=(64,), chunks=(64,), dtype="<i8")[:] = range(64)
+    values = np.random.default_rng(4).gamma(2.0, 1.0, (64, 50, 40)).astype("<f4")
+    group.create_array(
+        "x",
+        shape=values.shape,
+        chunks=(32, 50, 40),
+        dtype="<f4",
+        compressors=store.window_compressor(),
+    )[:] = values
+
+    def in_part(*args):
+        raise AssertionError("a whole chunk was read block by block")
+
+    monkeypatch.setattr(_blosc, "read_row_bytes", in_part)
+    spec = _data.StoreSpec(path=str(path), variable="x", chunk_size=32)
+    got, _ = _data.read_rows(spec, 1, np.arange(32))
+    np.testing.assert_array_equal(got, values[32:].astype(np.float64))
