@@ -417,8 +417,10 @@ def test_stock_zarr_would_run_the_pickled_chunk(tmp_path, unsafe_pickle) -> None
     path = _store(tmp_path / "spec.zarr", zarr_format=2, consolidated=True)
     _tamper(path, 2, V2_ATTACKS["pickle after a text codec"], ran, where="both")
 
+    # the pickled first chunk only: zarr decodes chunks concurrently, and the
+    # error of another chunk could end the read before the payload ran
     with pytest.raises(Exception):  # noqa: B017 - whatever follows the payload
-        zarr.open_group(path, mode="r")[dims.SPECTROGRAM][:]
+        zarr.open_group(path, mode="r")[dims.SPECTROGRAM][:1]
     assert ran.exists()
 
 
