@@ -15,6 +15,7 @@ import logging
 import os
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
@@ -24,6 +25,11 @@ logger = logging.getLogger(__name__)
 RETRY_PAUSE_S = 0.5
 #: stages of at most this many tasks carry their shared arguments in each task
 EMBED_SHARED_TASKS = 16
+#: seconds a client's count of worker threads is used before it is asked again
+THREAD_COUNT_MAX_AGE_S = 1.0
+
+# client -> (time.monotonic() of the count, count)
+_thread_counts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class Progress(Protocol):
@@ -223,9 +229,21 @@ def get_client(
 
 
 def n_threads(client) -> int:
-    """Worker threads of the cluster behind ``client`` (at least 1)."""
+    """Worker threads of the cluster behind ``client`` (at least 1).
+
+    Asking the scheduler takes a round trip, about a millisecond; a loop of
+    short stages (the steps of an SVI fit) asks every stage, so the count
+    is kept for :data:`THREAD_COUNT_MAX_AGE_S`: workers that join or leave
+    are seen within that time.
+    """
+    now = time.monotonic()
+    counted = _thread_counts.get(client)
+    if counted is not None and now - counted[0] < THREAD_COUNT_MAX_AGE_S:
+        return counted[1]
     workers = client.scheduler_info().get("workers", {})
-    return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+    count = max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+    _thread_counts[client] = (now, count)
+    return count
 
 
 def check_visible_to_workers(path: Any, client) -> None:

@@ -302,6 +302,40 @@ def test_bad_values_in_a_store_name_the_window(X, tmp_path) -> None:
         BayesianNonparametricNMF(n_patterns=4, n_steps=40, batch_size=40).fit(path)
 
 
+# -- worker threads ---------------------------------------------------------------
+
+
+class _CountingClient:
+    """Stands in for a Client: answers scheduler_info and counts the asks."""
+
+    def __init__(self, threads: list[int]) -> None:
+        self.threads = threads
+        self.asks = 0
+
+    def scheduler_info(self) -> dict:
+        self.asks += 1
+        return {
+            "workers": {f"w{i}": {"nthreads": n} for i, n in enumerate(self.threads)}
+        }
+
+
+def test_thread_count_is_asked_again_only_once_it_is_old(monkeypatch) -> None:
+    from specufex_dask import parallel
+
+    now = [1000.0]
+    monkeypatch.setattr(parallel.time, "monotonic", lambda: now[0])
+    client = _CountingClient([1, 2])
+    assert parallel.n_threads(client) == 3
+    client.threads = [1, 2, 4]  # a worker joins
+    now[0] += 0.5 * parallel.THREAD_COUNT_MAX_AGE_S
+    # a step half a max age later uses the count it had, without asking
+    assert (parallel.n_threads(client), client.asks) == (3, 1)
+    now[0] += parallel.THREAD_COUNT_MAX_AGE_S
+    assert (parallel.n_threads(client), client.asks) == (7, 2)
+    # each client has its own count; an empty cluster counts as one thread
+    assert parallel.n_threads(_CountingClient([])) == 1
+
+
 # -- the workers' memory allocator ----------------------------------------------
 
 
