@@ -188,7 +188,8 @@ class BayesianHMM(SVIModel):
         n_patterns = source.shape[1]
         gain = self.gain
         if gain is None and source.dataset is not None and "gain" in source.dataset:
-            gain = source.dataset["gain"].values
+            # a few numbers: read here, not through the cluster (a dask compute)
+            gain = source.dataset["gain"].compute(scheduler="synchronous").values
         gain = np.ones(n_patterns) if gain is None else np.asarray(gain, dtype=float)
         if (
             gain.shape != (n_patterns,)
