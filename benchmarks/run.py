@@ -170,6 +170,13 @@ def main(argv: list[str] | None = None) -> int:
         "--n", type=int, default=None, help="windows of the end-to-end run"
     )
     parser.add_argument("--chunk", type=int, default=64, help="windows per store chunk")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="rounds of the scaling runs, the best of which counts "
+        "(default 3; 1 with --quick)",
+    )
     parser.add_argument("--skip-kernels", action="store_true")
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--skip-e2e", action="store_true")
@@ -220,9 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                 validation=False,
             )
             store = data.spectrogram_store(n_scaling, args.chunk)
-            more, _ = scaling_rows(
-                store, n_scaling, workload, 1 if args.quick else 2, scratch
-            )
+            rounds = args.rounds or (1 if args.quick else 3)
+            more, _ = scaling_rows(store, n_scaling, workload, rounds, scratch)
             rows += more
         if not args.skip_e2e:
             workload = cluster.Workload(nmf_steps=100, hmm_steps=100, batch_size=256)
