@@ -9,7 +9,7 @@ every user setting, so each key stays overridable the Dask way:
 - ``dask.config.set({"specufex-dask.worker-threads": 2})``.
 
 Keys: ``worker-threads``, ``blas-threads``, ``worker-mmap-threshold-mb``,
-``dashboard-link``, ``chunk-target-mb``, ``retries``.
+``local-cluster``, ``dashboard-link``, ``chunk-target-mb``, ``retries``.
 
 Examples
 --------
@@ -92,6 +92,47 @@ def get_int(key: str, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise bad_setting(key, value, f"a whole number >= {low}")
     return value
+
+
+#: distributed's key behind each key of ``specufex-dask.local-cluster``
+LOCAL_CLUSTER_KEYS = {
+    "profile-interval": "distributed.worker.profile.interval",
+    "system-monitor-interval": "distributed.admin.system-monitor.interval",
+    "tick-interval": "distributed.admin.tick.interval",
+}
+
+
+def local_cluster_settings() -> dict[str, str]:
+    """distributed settings for a LocalCluster the package starts, from
+    ``specufex-dask.local-cluster`` (null values left out).
+
+    Raises
+    ------
+    ValueError
+        A value that is not a duration (``"50ms"``, ``"2s"``), naming the
+        key and how to set it.
+    """
+    from dask.utils import parse_timedelta
+
+    chosen = get("local-cluster", None) or {}
+    settings = {}
+    for key, target in LOCAL_CLUSTER_KEYS.items():
+        value = chosen.get(key, chosen.get(key.replace("-", "_")))
+        if value is None:
+            continue
+        try:
+            seconds = parse_timedelta(value, default="ms")
+        except (TypeError, ValueError, KeyError):
+            seconds = None
+        if not seconds or seconds <= 0:
+            default = defaults[NAMESPACE]["local-cluster"][key]
+            raise ValueError(
+                f"{NAMESPACE}.local-cluster.{key} must be a positive duration "
+                f"such as {default!r} (or null for distributed's {target}); got "
+                f"{value!r}"
+            )
+        settings[target] = value
+    return settings
 
 
 def apply_dashboard_link() -> str | None:

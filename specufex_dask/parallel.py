@@ -188,7 +188,15 @@ def get_client(
     -------
     distributed.Client
         The dashboard link is logged at INFO level.
+
+    Notes
+    -----
+    A LocalCluster started here samples itself (profiler, system monitor,
+    event-loop ticks) at the rates of ``specufex-dask.local-cluster``, less
+    often than distributed does by default; a scheduler joined by address
+    keeps its own.
     """
+    import dask.config
     from distributed import Client, LocalCluster
 
     from specufex_dask import config_dask
@@ -205,7 +213,10 @@ def get_client(
     else:
         n_workers = n_workers or max(1, (os.cpu_count() or 1) // threads_per_worker)
         environ = worker_environ()
-        with _spawn_environ(environ):
+        settings = config_dask.local_cluster_settings()
+        # the scheduler and nannies read these as they start, and each
+        # nanny hands its worker the config it started with
+        with _spawn_environ(environ), dask.config.set(settings):
             cluster = LocalCluster(
                 n_workers=n_workers,
                 threads_per_worker=threads_per_worker,
@@ -218,10 +229,12 @@ def get_client(
         # through the scheduler: one hop less at the end of every SVI step
         client = Client(cluster, direct_to_workers=True)
         logger.info(
-            "started LocalCluster: %d workers x %d threads, worker environment %s",
+            "started LocalCluster: %d workers x %d threads, worker environment %s, "
+            "Dask settings %s",
             n_workers,
             threads_per_worker,
             environ or "as Dask sets it",
+            settings or "as Dask sets them",
         )
     client.run(_pin_worker_threads, config_dask.get_int("blas-threads", 1))
     logger.info("Dask dashboard: %s", client.dashboard_link)

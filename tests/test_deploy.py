@@ -491,6 +491,7 @@ def test_config_defaults_load_through_dask() -> None:
         "worker-threads",
         "blas-threads",
         "worker-mmap-threshold-mb",
+        "local-cluster",
         "dashboard-link",
         "chunk-target-mb",
         "retries",
@@ -521,6 +522,8 @@ def test_config_overridable_by_environment(
 
 
 def test_config_dashboard_link_applied_to_distributed() -> None:
+    import distributed  # noqa: F401  (registers distributed's config defaults)
+
     import specufex_dask.config_dask as config_dask
 
     template = "{JUPYTERHUB_SERVICE_PREFIX}proxy/{port}/status"
@@ -537,6 +540,42 @@ def test_config_dashboard_link_applied_to_distributed() -> None:
         assert config_dask.apply_dashboard_link() == template
         assert dask.config.get("distributed.dashboard.link") == template
     assert dask.config.get("distributed.dashboard.link") == original
+
+
+def test_local_cluster_settings_name_distributeds_keys(
+    monkeypatch: pytest.MonkeyPatch, fresh_dask_config: None
+) -> None:
+    import specufex_dask.config_dask as config_dask
+
+    assert config_dask.local_cluster_settings() == {
+        "distributed.worker.profile.interval": "50ms",
+        "distributed.admin.system-monitor.interval": "2s",
+        "distributed.admin.tick.interval": "1s",
+    }
+    # null leaves distributed's own setting; the environment reaches each key
+    monkeypatch.setenv("DASK_SPECUFEX_DASK__LOCAL_CLUSTER__TICK_INTERVAL", "200ms")
+    dask.config.refresh()
+    with dask.config.set({"specufex-dask.local-cluster.profile-interval": None}):
+        assert config_dask.local_cluster_settings() == {
+            "distributed.admin.system-monitor.interval": "2s",
+            "distributed.admin.tick.interval": "200ms",
+        }
+    with dask.config.set({"specufex-dask.local-cluster": None}):
+        assert config_dask.local_cluster_settings() == {}
+
+
+@pytest.mark.parametrize("value", ["soon", 0, "-1s"])
+def test_local_cluster_setting_that_is_no_duration_is_named(value) -> None:
+    import specufex_dask.config_dask as config_dask
+
+    with dask.config.set(
+        {"specufex-dask.local-cluster.system-monitor-interval": value}
+    ):
+        with pytest.raises(ValueError) as info:
+            config_dask.local_cluster_settings()
+    message = str(info.value)
+    assert "specufex-dask.local-cluster.system-monitor-interval" in message
+    assert repr(value) in message and "'2s'" in message
 
 
 # -- the compose cluster as local processes -------------------------------------

@@ -384,6 +384,28 @@ def test_package_cluster_workers_get_the_allocator_settings(monkeypatch) -> None
 
 
 @pytest.mark.cluster
+def test_package_cluster_samples_itself_at_the_package_rates() -> None:
+    import dask
+    import distributed  # noqa: F401  (registers distributed's config defaults)
+
+    from specufex_dask import parallel
+
+    keys = ("distributed.worker.profile.interval", "distributed.admin.tick.interval")
+    here = [dask.config.get(key) for key in keys]
+    with dask.config.set({"specufex-dask.local-cluster.tick-interval": None}):
+        client = parallel.get_client(n_workers=1, dashboard_address="127.0.0.1:0")
+    try:
+        (worker,) = client.run(lambda: [dask.config.get(key) for key in keys]).values()
+        # the package's profile rate; the tick left at distributed's
+        assert worker == ["50ms", here[1]]
+    finally:
+        client.cluster.close()
+        client.close()
+    # this process's settings are left as they were
+    assert [dask.config.get(key) for key in keys] == here
+
+
+@pytest.mark.cluster
 def test_workers_with_dasks_allocator_defaults_get_a_warning(
     monkeypatch, caplog
 ) -> None:
