@@ -20,7 +20,7 @@ import xarray as xr
 
 from specufex_dask import __version__, _model_io, _svi
 from specufex_dask._data import Source, as_source
-from specufex_dask.parallel import HeldFutures, check_visible_to_workers
+from specufex_dask.parallel import HeldFutures, check_visible_to_workers, frozen_heap
 
 logger = logging.getLogger(__name__)
 
@@ -344,8 +344,9 @@ class SVIModel:
             else "in-process",
         )
 
-        # each step's futures are released once the next step is on its way
-        with HeldFutures() as hold:
+        # each step's futures are released once the next step is on its way;
+        # no full garbage collection here walks what was made before the loop
+        with frozen_heap(), HeldFutures() as hold:
             while self.n_steps_done_ < n_steps and not self._converged():
                 t0 = time.perf_counter()
                 indices = train[

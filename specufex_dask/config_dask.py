@@ -115,7 +115,7 @@ def local_cluster_settings() -> dict[str, str]:
     from dask.utils import parse_timedelta
 
     chosen = get("local-cluster", None) or {}
-    settings = {}
+    settings: dict[str, str] = {}
     for key, target in LOCAL_CLUSTER_KEYS.items():
         value = chosen.get(key, chosen.get(key.replace("-", "_")))
         if value is None:
@@ -133,6 +133,26 @@ def local_cluster_settings() -> dict[str, str]:
             )
         settings[target] = value
     return settings
+
+
+def local_cluster_freeze_heap() -> bool:
+    """``specufex-dask.local-cluster.freeze-heap`` (false when unset).
+
+    Raises
+    ------
+    ValueError
+        A value other than true, false or null, naming the key.
+    """
+    chosen = get("local-cluster", None) or {}
+    value = chosen.get("freeze-heap", chosen.get("freeze_heap"))
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"{NAMESPACE}.local-cluster.freeze-heap must be true or false; got "
+            f"{value!r}: set it to true, say"
+        )
+    return value
 
 
 def apply_dashboard_link() -> str | None:

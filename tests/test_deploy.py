@@ -564,6 +564,19 @@ def test_local_cluster_settings_name_distributeds_keys(
         assert config_dask.local_cluster_settings() == {}
 
 
+def test_local_cluster_freeze_heap_is_a_switch() -> None:
+    import specufex_dask.config_dask as config_dask
+
+    assert config_dask.local_cluster_freeze_heap() is True
+    with dask.config.set({"specufex-dask.local-cluster.freeze-heap": None}):
+        assert config_dask.local_cluster_freeze_heap() is False
+    with dask.config.set({"specufex-dask.local-cluster.freeze-heap": "yes"}):
+        with pytest.raises(
+            ValueError, match=r"freeze-heap must be true or false; got 'yes'"
+        ):
+            config_dask.local_cluster_freeze_heap()
+
+
 @pytest.mark.parametrize("value", ["soon", 0, "-1s"])
 def test_local_cluster_setting_that_is_no_duration_is_named(value) -> None:
     import specufex_dask.config_dask as config_dask

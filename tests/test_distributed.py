@@ -343,6 +343,66 @@ def test_thread_count_is_asked_again_only_once_it_is_old(monkeypatch) -> None:
     assert parallel.n_threads(_CountingClient([])) == 1
 
 
+class _Cycle:
+    """An object that refers to itself: only the cyclic collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_frozen_heap_freezes_for_the_block_and_frees_after() -> None:
+    import gc
+    import weakref
+
+    from specufex_dask.parallel import frozen_heap
+
+    assert gc.get_freeze_count() == 0
+    cycle = _Cycle()
+    alive = weakref.ref(cycle)
+    with pytest.raises(RuntimeError, match="inside"):
+        with frozen_heap():
+            outer = gc.get_freeze_count()
+            assert outer > 0
+            young = [_Cycle() for _ in range(1000)]
+            with frozen_heap():  # nested: frozen once (``young`` stays out)
+                count = gc.get_freeze_count()
+                assert count <= outer
+            del young
+            # leaving the inner block unfroze nothing (frozen objects that
+            # are freed leave the count, so it can only shrink)
+            assert 0 < gc.get_freeze_count() <= count
+            # garbage made of objects frozen here is not collected in the block
+            del cycle
+            gc.collect()
+            assert alive() is not None
+            raise RuntimeError("inside")
+    # a failure in the block unfreezes too, and that garbage is then freed
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert alive() is None
+
+
+def test_frozen_heap_leaves_a_process_frozen_by_someone_else_alone() -> None:
+    import gc
+
+    from specufex_dask.parallel import frozen_heap
+
+    made = [_Cycle() for _ in range(1000)]  # in a young generation
+    gc.freeze()
+    try:
+        count = gc.get_freeze_count()
+        more = [_Cycle() for _ in range(1000)]
+        with frozen_heap():
+            # not frozen again (that would add ``more``; frozen objects that
+            # are freed leave the count, so it can only shrink)
+            assert gc.get_freeze_count() <= count
+        # nor unfrozen
+        assert 0 < gc.get_freeze_count() <= count
+    finally:
+        gc.unfreeze()
+    del made, more
+
+
 # -- the workers' memory allocator ----------------------------------------------
 
 
@@ -385,6 +445,8 @@ def test_package_cluster_workers_get_the_allocator_settings(monkeypatch) -> None
 
 @pytest.mark.cluster
 def test_package_cluster_samples_itself_at_the_package_rates() -> None:
+    import gc
+
     import dask
     import distributed  # noqa: F401  (registers distributed's config defaults)
 
@@ -398,6 +460,9 @@ def test_package_cluster_samples_itself_at_the_package_rates() -> None:
         (worker,) = client.run(lambda: [dask.config.get(key) for key in keys]).values()
         # the package's profile rate; the tick left at distributed's
         assert worker == ["50ms", here[1]]
+        # the worker froze what it held once started
+        (frozen,) = client.run(gc.get_freeze_count).values()
+        assert frozen > 10_000
     finally:
         client.cluster.close()
         client.close()
