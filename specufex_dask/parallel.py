@@ -298,8 +298,10 @@ def get_client(
         )
     client.run(_pin_worker_threads, config_dask.get_int("blas-threads", 1))
     if not scheduler and processes and config_dask.local_cluster_freeze_heap():
-        frozen = client.run(_freeze_worker_heap)
-        logger.debug("objects frozen on each worker: %s", frozen)
+        from specufex_dask._worker_plugins import FreezeHeapOnStart
+
+        # a plugin, so that workers restarted after a crash freeze too
+        client.register_plugin(FreezeHeapOnStart())
     logger.info("Dask dashboard: %s", client.dashboard_link)
     return client
 

@@ -460,7 +460,13 @@ def test_package_cluster_samples_itself_at_the_package_rates() -> None:
         (worker,) = client.run(lambda: [dask.config.get(key) for key in keys]).values()
         # the package's profile rate; the tick left at distributed's
         assert worker == ["50ms", here[1]]
-        # the worker froze what it held once started
+        # the worker froze what it held once started, and so does the
+        # worker that replaces it after a restart
+        (frozen,) = client.run(gc.get_freeze_count).values()
+        assert frozen > 10_000
+        (pid,) = client.run(os.getpid).values()
+        client.restart()
+        assert list(client.run(os.getpid).values()) != [pid]
         (frozen,) = client.run(gc.get_freeze_count).values()
         assert frozen > 10_000
     finally:
