@@ -14,11 +14,10 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-import fsspec
 import numpy as np
 import xarray as xr
 
-from specufex_dask import __version__, _model_io, _svi
+from specufex_dask import __version__, _model_io, _svi, store
 from specufex_dask._data import Source, as_source
 from specufex_dask.parallel import HeldFutures, check_visible_to_workers, frozen_heap
 
@@ -128,9 +127,7 @@ class Checkpointer:
     def __init__(self, location: str, storage_options: Mapping | None = None):
         self.location = os.fspath(location).rstrip("/")
         self.storage_options = dict(storage_options or {})
-        self.fs, self.root = fsspec.core.url_to_fs(
-            self.location, **self.storage_options
-        )
+        self.fs, self.root = store._fs_and_path(self.location, self.storage_options)
 
     def _path(self, name: str) -> str:
         return f"{self.location}/{name}"
