@@ -50,27 +50,6 @@ def _pin_worker_threads(n_threads: int) -> None:
     pin_blas_threads(n_threads)
 
 
-def _freeze_worker_heap() -> int:
-    """Load what tasks run, collect garbage, and move every object left to
-    the garbage collector's permanent generation (:func:`gc.freeze`).
-
-    A worker process holds a quarter of a million long-lived objects
-    (distributed, NumPy, xarray, numba, …) before its first task; a full
-    collection walks them all, about 0.1 s on a small machine, and Python
-    runs one every so often, in the middle of a task. In an SVI step the
-    other workers then wait for that one. Frozen, they are skipped; objects
-    made later are collected as before. Returns how many were frozen.
-    """
-    import gc
-
-    # the modules tasks import, so that their objects are frozen as well
-    from specufex_dask import _svi, hmm, nmf, pipeline  # noqa: F401
-
-    gc.collect()
-    gc.freeze()
-    return gc.get_freeze_count()
-
-
 _frozen_lock = threading.Lock()
 _frozen_depth = 0
 
