@@ -70,13 +70,16 @@ def get(key: str, default: Any = _NO_DEFAULT) -> Any:
 
 def bad_setting(key: str, value: Any, expected: str) -> ValueError:
     """The error for a value of ``specufex-dask.<key>`` that is not
-    ``expected``; it offers the package default and both ways to set it."""
-    default = defaults[NAMESPACE][key]
-    env = "DASK_" + f"{NAMESPACE}__{key}".upper().replace("-", "_")
+    ``expected``; it offers the package default and both ways to set it.
+    ``key`` may be dotted (``"local-cluster.tick-interval"``)."""
+    default: Any = defaults[NAMESPACE]
+    for part in key.split("."):
+        default = default[part]
+    env = "DASK_" + f"{NAMESPACE}.{key}".upper().replace("-", "_").replace(".", "__")
     return ValueError(
         f"{NAMESPACE}.{key} must be {expected}; got {value!r}: set it to "
         f"{default}, say ({env}={default} or "
-        f'dask.config.set({{"{NAMESPACE}.{key}": {default}}}))'
+        f'dask.config.set({{"{NAMESPACE}.{key}": {default!r}}}))'
     )
 
 
@@ -102,6 +105,13 @@ LOCAL_CLUSTER_KEYS = {
 }
 
 
+def _local_cluster(key: str) -> Any:
+    """``specufex-dask.local-cluster.<key>``; None when it or the whole
+    section is null."""
+    section = get("local-cluster", None) or {}
+    return dask.config.get(key, default=None, config=section)
+
+
 def local_cluster_settings() -> dict[str, str]:
     """distributed settings for a LocalCluster the package starts, from
     ``specufex-dask.local-cluster`` (null values left out).
@@ -114,10 +124,9 @@ def local_cluster_settings() -> dict[str, str]:
     """
     from dask.utils import parse_timedelta
 
-    chosen = get("local-cluster", None) or {}
     settings: dict[str, str] = {}
     for key, target in LOCAL_CLUSTER_KEYS.items():
-        value = chosen.get(key, chosen.get(key.replace("-", "_")))
+        value = _local_cluster(key)
         if value is None:
             continue
         try:
@@ -125,11 +134,10 @@ def local_cluster_settings() -> dict[str, str]:
         except (TypeError, ValueError, KeyError):
             seconds = None
         if not seconds or seconds <= 0:
-            default = defaults[NAMESPACE]["local-cluster"][key]
-            raise ValueError(
-                f"{NAMESPACE}.local-cluster.{key} must be a positive duration "
-                f"such as {default!r} (or null for distributed's {target}); got "
-                f"{value!r}"
+            raise bad_setting(
+                f"local-cluster.{key}",
+                value,
+                f"a positive duration (or null for distributed's {target})",
             )
         settings[target] = value
     return settings
@@ -143,15 +151,11 @@ def local_cluster_freeze_heap() -> bool:
     ValueError
         A value other than true, false or null, naming the key.
     """
-    chosen = get("local-cluster", None) or {}
-    value = chosen.get("freeze-heap", chosen.get("freeze_heap"))
+    value = _local_cluster("freeze-heap")
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise ValueError(
-            f"{NAMESPACE}.local-cluster.freeze-heap must be true or false; got "
-            f"{value!r}: set it to true, say"
-        )
+        raise bad_setting("local-cluster.freeze-heap", value, "true or false")
     return value
 
 
