@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -19,7 +20,7 @@ import xarray as xr
 
 from specufex_dask import __version__, _model_io, _svi, store
 from specufex_dask._data import Source, as_source
-from specufex_dask.parallel import HeldFutures, check_visible_to_workers, frozen_heap
+from specufex_dask.parallel import StepRunner, check_visible_to_workers, frozen_heap
 
 logger = logging.getLogger(__name__)
 
@@ -328,6 +329,9 @@ class SVIModel:
         train, held = self._split_validation(source)
         validation = source.read(held) if held.size else None
         batch_size = min(batch_size, train.size)
+        steps = None
+        if client is not None and source.spec is not None:
+            steps = StepRunner(client)
         logger.info("%s minibatch size %d", self._model_name, batch_size)
         logger.info(
             "%s fit: %d windows (%d held out to score), minibatch %d, %d steps, %s",
@@ -336,14 +340,15 @@ class SVIModel:
             held.size,
             batch_size,
             n_steps,
-            "distributed"
-            if client is not None and source.spec is not None
-            else "in-process",
+            "in-process"
+            if steps is None
+            else "distributed, each step "
+            + ("one call per worker" if steps.direct else "as Dask tasks")
+            + " (specufex-dask.svi-steps)",
         )
 
-        # each step's futures are released once the next step is on its way;
         # no full garbage collection here walks what was made before the loop
-        with frozen_heap(), HeldFutures() as hold:
+        with frozen_heap(), steps or contextlib.nullcontext():
             while self.n_steps_done_ < n_steps and not self._converged():
                 t0 = time.perf_counter()
                 indices = train[
@@ -359,7 +364,7 @@ class SVIModel:
                     client=client,
                     what=self._what,
                     stage=f"{self._model_name}-step",
-                    hold=hold,
+                    steps=steps,
                 )
                 mean = _svi.minibatch_mean(stats, len(indices))
                 record = self._update(mean, len(indices))

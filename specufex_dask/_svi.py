@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from specufex_dask._data import Source, StoreSpec, read_plan
-from specufex_dask.parallel import HeldFutures, n_threads, run_tasks
+from specufex_dask.parallel import StepRunner, n_threads, run_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def gather_statistics(
     client=None,
     what: str,
     stage: str,
-    hold: HeldFutures | None = None,
+    steps: StepRunner | None = None,
 ) -> tuple[np.ndarray, ...]:
     """:func:`block_sums` of the statistics of the windows at sorted ``indices``.
 
@@ -107,8 +107,9 @@ def gather_statistics(
     contiguous runs between :data:`TASKS_PER_THREAD` task(s) per worker
     thread, each reading its windows from the store and returning its block
     sums; otherwise the windows are read and processed here. A loop of
-    steps passes the same ``hold`` to every step (see
-    :class:`~specufex_dask.parallel.HeldFutures`).
+    steps passes the same ``steps`` runner (on ``client``) to every step
+    (see :class:`~specufex_dask.parallel.StepRunner`); without one the
+    tasks go through :func:`~specufex_dask.parallel.run_tasks`.
     """
     if client is None or source.spec is None:
         # rows of a store are checked as they are read
@@ -121,12 +122,16 @@ def gather_statistics(
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         part = indices[lo:hi]
         arguments.append((source.spec, source.plan(part), source.window[part], what))
-    results = run_tasks(
-        _statistics_task,
-        arguments,
-        client=client,
-        stage=stage,
-        shared=(kernel, shared),
-        hold=hold,
-    )
+    if steps is not None:
+        results = steps.run(
+            _statistics_task, arguments, shared=(kernel, shared), stage=stage
+        )
+    else:
+        results = run_tasks(
+            _statistics_task,
+            arguments,
+            client=client,
+            stage=stage,
+            shared=(kernel, shared),
+        )
     return tuple(np.concatenate(parts, axis=0) for parts in zip(*results, strict=True))

@@ -9,7 +9,8 @@ every user setting, so each key stays overridable the Dask way:
 - ``dask.config.set({"specufex-dask.worker-threads": 2})``.
 
 Keys: ``worker-threads``, ``blas-threads``, ``worker-mmap-threshold-mb``,
-``local-cluster``, ``dashboard-link``, ``chunk-target-mb``, ``retries``.
+``local-cluster``, ``dashboard-link``, ``chunk-target-mb``, ``retries``,
+``svi-steps``.
 
 Examples
 --------
@@ -156,6 +157,24 @@ def local_cluster_freeze_heap() -> bool:
         return False
     if not isinstance(value, bool):
         raise bad_setting("local-cluster.freeze-heap", value, "true or false")
+    return value
+
+
+#: values of ``specufex-dask.svi-steps``
+SVI_STEPS = ("direct", "tasks")
+
+
+def svi_steps() -> str:
+    """``specufex-dask.svi-steps``: how SVI steps reach a cluster.
+
+    Raises
+    ------
+    ValueError
+        A value other than those of :data:`SVI_STEPS`, naming the key.
+    """
+    value = get("svi-steps")
+    if value not in SVI_STEPS:
+        raise bad_setting("svi-steps", value, " or ".join(map(repr, SVI_STEPS)))
     return value
 
 

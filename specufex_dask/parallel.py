@@ -5,12 +5,17 @@ Every stage of the package expresses its work as independent tasks (one per
 chunk of windows) and hands them to :func:`run_tasks`, which runs them on a
 ``distributed.Client`` when one is given and in the calling process
 otherwise. Results always come back in task order, so a reduction over them
-does not depend on which worker finished first.
+does not depend on which worker finished first. The steps of an SVI fit,
+short and one after the other, go through a :class:`StepRunner`, which
+hands each step to the workers in one direct call per worker and falls back
+to tasks when that fails.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -18,6 +23,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
@@ -28,8 +34,12 @@ RETRY_PAUSE_S = 0.5
 EMBED_SHARED_TASKS = 16
 #: seconds a client's count of worker threads is used before it is asked again
 THREAD_COUNT_MAX_AGE_S = 1.0
+#: direct stages of a :class:`StepRunner` that may fail before it keeps to tasks
+DIRECT_FAILURES_MAX = 3
+#: seconds between two checks that the workers of a direct stage are still there
+DIRECT_CHECK_S = 0.5
 
-# client -> (time.monotonic() of the count, count)
+# client -> (time.monotonic() of the count, {worker address: threads})
 _thread_counts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -285,22 +295,28 @@ def get_client(
     return client
 
 
-def n_threads(client) -> int:
-    """Worker threads of the cluster behind ``client`` (at least 1).
+def worker_threads(client, *, fresh: bool = False) -> dict[str, int]:
+    """``{address: threads}`` of the workers of the cluster behind ``client``.
 
     Asking the scheduler takes a round trip, about a millisecond; a loop of
-    short stages (the steps of an SVI fit) asks every stage, so the count
-    is kept for :data:`THREAD_COUNT_MAX_AGE_S`: workers that join or leave
-    are seen within that time.
+    short stages (the steps of an SVI fit) asks every stage, so the answer
+    is kept for :data:`THREAD_COUNT_MAX_AGE_S` (unless ``fresh``): workers
+    that join or leave are seen within that time.
     """
     now = time.monotonic()
     counted = _thread_counts.get(client)
-    if counted is not None and now - counted[0] < THREAD_COUNT_MAX_AGE_S:
+    if not fresh and counted is not None and now - counted[0] < THREAD_COUNT_MAX_AGE_S:
         return counted[1]
     workers = client.scheduler_info().get("workers", {})
-    count = max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
-    _thread_counts[client] = (now, count)
-    return count
+    threads = {address: int(w.get("nthreads", 1)) for address, w in workers.items()}
+    _thread_counts[client] = (now, threads)
+    return threads
+
+
+def n_threads(client) -> int:
+    """Worker threads of the cluster behind ``client`` (at least 1), as
+    :func:`worker_threads` counts them."""
+    return max(1, sum(worker_threads(client).values()))
 
 
 def check_visible_to_workers(path: Any, client) -> None:
@@ -365,6 +381,166 @@ class HeldFutures:
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
+
+
+class StepRunner:
+    """Runs the stages of a loop of short stages, the steps of an SVI fit,
+    on a cluster.
+
+    A stage of Dask tasks spends about 12 ms (2-core machine, LocalCluster)
+    on messages before and after its work: the workers tell the scheduler
+    that their tasks are done, the scheduler tells the client, the client
+    fetches the results and submits the next graph, which the scheduler
+    plans and hands out. An HMM step holds 30-60 ms of work, so a fifth to a
+    third of it would go to these messages, all of it serial.
+
+    With ``how="direct"`` a stage is instead one call per worker
+    (:meth:`distributed.Client.run`): every worker runs its share of the
+    stage's tasks on its own threads and answers with their results, in
+    about 2.5 ms. A direct stage that fails for any reason (a worker lost,
+    an error in a task) is run again as Dask tasks, so it gives the same
+    results, retries the same way and raises the same errors as tasks; after
+    :data:`DIRECT_FAILURES_MAX` such failures the runner keeps to tasks. A
+    call to a worker that is already gone would wait out distributed's
+    connect timeout (30 s by default), so while a direct stage runs the
+    runner checks every :data:`DIRECT_CHECK_S` that its workers are still
+    in the cluster, and gives the stage to tasks as soon as one is not.
+    Direct stages show in the dashboard's worker panels but not in its task
+    stream. With ``how="tasks"`` every stage is Dask tasks, whose futures
+    are held until the next stage is submitted (:class:`HeldFutures`).
+
+    Use it as a context manager around the loop.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    how : {"direct", "tasks"}, optional
+        Default: the Dask config key ``specufex-dask.svi-steps``.
+    """
+
+    def __init__(self, client, how: str | None = None) -> None:
+        from specufex_dask import config_dask
+
+        if how is None:
+            how = config_dask.svi_steps()
+        elif how not in config_dask.SVI_STEPS:
+            raise ValueError(f"how must be one of {config_dask.SVI_STEPS}; got {how!r}")
+        self.client = client
+        self.how = how
+        self.n_direct_failures = 0
+        self._hold = HeldFutures()
+        # the thread that waits on each direct call; one per failure more,
+        # since a call given up on may still wait for its connect timeout
+        self._callers: ThreadPoolExecutor | None = None
+
+    @property
+    def direct(self) -> bool:
+        """Whether the next stage is tried as direct calls."""
+        return self.how == "direct" and self.n_direct_failures < DIRECT_FAILURES_MAX
+
+    def run(
+        self,
+        func: Callable[..., Any],
+        arguments: Sequence[tuple],
+        *,
+        shared: Iterable[Any] = (),
+        stage: str = "",
+    ) -> list[Any]:
+        """``func(*shared, *args)`` for each ``args`` in ``arguments``, in
+        order, as :func:`run_tasks` runs them."""
+        shared = list(shared)
+        if self.direct and arguments:
+            # the last stage's futures, if it ran as tasks, are no longer needed
+            self._hold.release()
+            try:
+                with frozen_heap():
+                    return self._run_direct(func, arguments, shared)
+            except Exception as exc:
+                self.n_direct_failures += 1
+                # a worker may be gone: the next stage asks which are left
+                _thread_counts.pop(self.client, None)
+                logger.warning(
+                    "%s: direct call to the workers failed (%s: %s); running "
+                    "it again as Dask tasks%s",
+                    stage or func.__name__,
+                    type(exc).__name__,
+                    exc,
+                    "" if self.direct else ", as every later stage of this loop",
+                )
+        return run_tasks(
+            func,
+            arguments,
+            client=self.client,
+            stage=stage,
+            shared=shared,
+            hold=self._hold,
+        )
+
+    def _run_direct(
+        self, func: Callable[..., Any], arguments: Sequence[tuple], shared: list
+    ) -> list[Any]:
+        threads = worker_threads(self.client)
+        if not threads:
+            raise RuntimeError("the cluster has no workers")
+        # one slot per worker thread, the workers taking turns, so that a
+        # stage of fewer tasks than threads is spread over as many workers
+        slots = [
+            address
+            for turn in range(max(threads.values()))
+            for address in sorted(threads)
+            if threads[address] > turn
+        ]
+        shares: dict[str, list[tuple[int, tuple]]] = {}
+        for i, args in enumerate(arguments):
+            shares.setdefault(slots[i % len(slots)], []).append((i, args))
+        if self._callers is None:
+            self._callers = ThreadPoolExecutor(
+                DIRECT_FAILURES_MAX + 1, thread_name_prefix="specufex-direct"
+            )
+        call = self._callers.submit(
+            self.client.run, _run_share, func, shared, shares, workers=list(shares)
+        )
+        while True:
+            try:
+                answers = call.result(timeout=DIRECT_CHECK_S)
+                break
+            except TimeoutError:
+                gone = set(shares) - set(worker_threads(self.client, fresh=True))
+                if gone:
+                    raise RuntimeError(
+                        f"worker(s) {', '.join(sorted(gone))} left the cluster"
+                    ) from None
+        results = dict(pair for answer in answers.values() for pair in answer)
+        return [results[i] for i in range(len(arguments))]
+
+    def __enter__(self) -> StepRunner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._hold.release()
+        if self._callers is not None:
+            self._callers.shutdown(wait=False)
+            self._callers = None
+
+
+async def _run_share(
+    func: Callable[..., Any],
+    shared: list,
+    shares: dict[str, list[tuple[int, tuple]]],
+    dask_worker=None,
+) -> list[tuple[int, Any]]:
+    """On a worker: its share of a direct stage, on the worker's threads."""
+    loop = asyncio.get_running_loop()
+    share = shares[dask_worker.address]
+    results = await asyncio.gather(
+        *(
+            loop.run_in_executor(
+                dask_worker.executor, functools.partial(func, *shared, *args)
+            )
+            for _, args in share
+        )
+    )
+    return [(i, result) for (i, _), result in zip(share, results, strict=True)]
 
 
 def run_tasks(

@@ -495,6 +495,7 @@ def test_config_defaults_load_through_dask() -> None:
         "dashboard-link",
         "chunk-target-mb",
         "retries",
+        "svi-steps",
     }
 
 
@@ -575,6 +576,22 @@ def test_local_cluster_freeze_heap_is_a_switch() -> None:
             ValueError, match=r"freeze-heap must be true or false; got 'yes'"
         ):
             config_dask.local_cluster_freeze_heap()
+
+
+def test_svi_steps_is_direct_or_tasks() -> None:
+    import specufex_dask.config_dask as config_dask
+
+    assert config_dask.svi_steps() == "direct"
+    with dask.config.set({"specufex-dask.svi-steps": "tasks"}):
+        assert config_dask.svi_steps() == "tasks"
+    with dask.config.set({"specufex-dask.svi-steps": "actors"}):
+        with pytest.raises(ValueError) as info:
+            config_dask.svi_steps()
+    message = str(info.value)
+    assert "specufex-dask.svi-steps must be 'direct' or 'tasks'; got 'actors'" in (
+        message
+    )
+    assert "DASK_SPECUFEX_DASK__SVI_STEPS=direct" in message
 
 
 @pytest.mark.parametrize("value", ["soon", 0, "-1s"])

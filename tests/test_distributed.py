@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 
 import dask
 import numpy as np
@@ -341,6 +342,159 @@ def test_thread_count_is_asked_again_only_once_it_is_old(monkeypatch) -> None:
     assert (parallel.n_threads(client), client.asks) == (7, 2)
     # each client has its own count; an empty cluster counts as one thread
     assert parallel.n_threads(_CountingClient([])) == 1
+
+
+class _RunningClient(_CountingClient):
+    """A _CountingClient whose ``run`` runs a coroutine function here, once
+    per worker asked, each worker with threads of its own, and records the
+    arguments it was given."""
+
+    def __init__(self, threads: list[int]) -> None:
+        super().__init__(threads)
+        self.calls: list[tuple] = []
+
+    def run(self, function, *args, workers):
+        import asyncio
+        import types
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.calls.append((args, workers))
+        answers = {}
+        for address in workers:
+            with ThreadPoolExecutor(2, thread_name_prefix=address) as pool:
+                worker = types.SimpleNamespace(address=address, executor=pool)
+                answers[address] = asyncio.run(function(*args, dask_worker=worker))
+        return answers
+
+
+def _offset_and_thread(offset: int, x: int) -> tuple[int, str]:
+    import threading
+
+    return offset + x, threading.current_thread().name.split("_")[0]
+
+
+def test_direct_stage_shares_tasks_by_thread_and_keeps_their_order() -> None:
+    from specufex_dask.parallel import StepRunner
+
+    client = _RunningClient([2, 1])  # w0 has two threads, w1 one
+    runner = StepRunner(client, "direct")
+    results = runner.run(_offset_and_thread, [(x,) for x in range(5)], shared=[100])
+    # the workers take turns, one slot per thread (w0, w1, w0), the tasks in
+    # order; each worker runs its share on its own threads
+    assert results == [(100, "w0"), (101, "w1"), (102, "w0"), (103, "w0"), (104, "w1")]
+    ((args, workers),) = client.calls
+    assert sorted(workers) == ["w0", "w1"] and args[1] == [100]
+    assert {w: [i for i, _ in share] for w, share in args[2].items()} == {
+        "w0": [0, 2, 3],
+        "w1": [1, 4],
+    }
+    # fewer tasks than threads: one task per worker before any worker gets two
+    runner.run(_offset_and_thread, [(0,), (1,)], shared=[0])
+    assert {w: [i for i, _ in s] for w, s in client.calls[-1][0][2].items()} == {
+        "w0": [0],
+        "w1": [1],
+    }
+    assert runner.n_direct_failures == 0
+
+
+class _StuckClient(_RunningClient):
+    """A _RunningClient whose ``run`` never answers (a call to a worker that
+    is gone waits out a connect timeout) and whose second scheduler_info
+    no longer lists worker w1."""
+
+    def __init__(self, threads: list[int]) -> None:
+        super().__init__(threads)
+        self.release = threading.Event()
+
+    def scheduler_info(self) -> dict:
+        info = super().scheduler_info()
+        if self.asks > 1:
+            info["workers"].pop("w1")
+        return info
+
+    def run(self, function, *args, workers):
+        self.release.wait(60)
+        raise AssertionError("released")
+
+
+def test_direct_stage_gives_up_once_one_of_its_workers_is_gone(monkeypatch) -> None:
+    from specufex_dask import parallel
+
+    monkeypatch.setattr(parallel, "DIRECT_CHECK_S", 0.01)
+    client = _StuckClient([1, 1])
+    with parallel.StepRunner(client, "direct") as runner:
+        try:
+            with pytest.raises(RuntimeError, match=r"worker\(s\) w1 left the cluster"):
+                runner._run_direct(_square, [(1,), (2,)], [])
+        finally:
+            client.release.set()
+    # it asked once for the workers to share the stage out, then checked
+    assert client.asks >= 2
+
+
+def test_step_runner_refuses_an_unknown_way() -> None:
+    from specufex_dask.parallel import StepRunner
+
+    with pytest.raises(ValueError, match=r"how must be one of .*got 'actors'"):
+        StepRunner(_CountingClient([1]), "actors")
+
+
+def _task_keys(stream, prefix: str) -> list[str]:
+    return [r["key"] for r in stream.data if str(r["key"]).startswith(prefix)]
+
+
+@pytest.mark.cluster
+def test_direct_stages_run_no_tasks_and_fall_back_to_tasks(
+    cluster_clients, caplog
+) -> None:
+    from distributed import get_task_stream
+
+    from specufex_dask.parallel import DIRECT_FAILURES_MAX, StepRunner
+
+    client = cluster_clients[2]
+    with StepRunner(client, "direct") as runner, get_task_stream(client) as stream:
+        squares = runner.run(_square, [(i,) for i in range(3)], stage="direct")
+        assert squares == [0, 1, 4]
+        # a failing stage is run again as tasks, which fail the same way
+        for attempt in range(1, DIRECT_FAILURES_MAX + 1):
+            with pytest.raises(ArithmeticError, match="task 1 fails"):
+                runner.run(
+                    _fail_on, [(i, 1) for i in range(3)], stage=f"failing{attempt}"
+                )
+            assert runner.n_direct_failures == attempt
+        # ... and after enough failures the runner keeps to tasks
+        assert not runner.direct
+        assert runner.run(_square, [(3,), (4,)], stage="later") == [9, 16]
+    assert _task_keys(stream, "direct") == []
+    assert len(_task_keys(stream, "failing1-")) >= 3
+    assert len(_task_keys(stream, "later-")) == 2
+    failures = [r for r in caplog.records if "direct call" in r.getMessage()]
+    assert len(failures) == DIRECT_FAILURES_MAX
+    assert "ArithmeticError: task 1 fails" in failures[0].getMessage()
+    assert "as every later stage" in failures[-1].getMessage()
+
+
+@pytest.mark.cluster
+def test_fit_steps_direct_or_as_tasks_give_the_same_fit(
+    X, stores, cluster_clients
+) -> None:
+    from distributed import get_task_stream
+
+    client = cluster_clients[2]
+    fits = {}
+    for how in ("direct", "tasks"):
+        with (
+            dask.config.set({"specufex-dask.svi-steps": how}),
+            get_task_stream(client) as stream,
+        ):
+            nmf = BayesianNonparametricNMF(**NMF).fit(stores[7], client=client)
+        fits[how] = (nmf, len(_task_keys(stream, "BayesianNonparametricNMF-step")))
+    (direct, n_direct), (tasks, n_tasks) = fits["direct"], fits["tasks"]
+    assert (n_direct, n_tasks >= NMF["n_steps"]) == (0, True)
+    for name in ("W1_", "W2_", "A1_", "A2_"):
+        np.testing.assert_array_equal(
+            getattr(direct, name), getattr(tasks, name), err_msg=name
+        )
 
 
 class _Cycle:

@@ -230,6 +230,11 @@ def read_pid(marker: Path) -> int:
     raise TimeoutError(f"no process wrote {marker}")
 
 
+def direct_failures(caplog) -> list[str]:
+    """The SVI steps whose direct calls failed and ran again as tasks."""
+    return [m for m in caplog.messages if "direct call to the workers failed" in m]
+
+
 def kill_when_started(marker: Path) -> tuple[threading.Thread, dict]:
     """A thread that SIGKILLs the process named in ``marker`` once it appears."""
     killed: dict = {}
@@ -249,7 +254,7 @@ def kill_when_started(marker: Path) -> tuple[threading.Thread, dict]:
 
 @pytest.mark.cluster
 def test_fault_worker_killed_mid_nmf_fit_gives_the_same_fit(
-    spec_store, client, tmp_path
+    spec_store, client, tmp_path, caplog
 ) -> None:
     reference = BayesianNonparametricNMF(**NMF).fit(spec_store)
     marker = tmp_path / "died-in-task"
@@ -281,6 +286,9 @@ def test_fault_worker_killed_mid_nmf_fit_gives_the_same_fit(
     assert died_in_task in before and len(killed_between_steps) == 1
     wait_for_fresh_workers(client, {died_in_task, *killed_between_steps})
     assert_same_params(model, reference)
+    # steps are direct calls to the workers; the ones the faults broke ran
+    # again as Dask tasks
+    assert len(direct_failures(caplog)) in (1, 2)
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in reference.history_]
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in model.history_] == (
         strip
@@ -289,7 +297,7 @@ def test_fault_worker_killed_mid_nmf_fit_gives_the_same_fit(
 
 @pytest.mark.cluster
 def test_fault_every_worker_killed_mid_hmm_fit_gives_the_same_fit(
-    act_store, hmm_model, client
+    act_store, hmm_model, client, caplog
 ) -> None:
     killed: list[int] = []
 
@@ -305,6 +313,7 @@ def test_fault_every_worker_killed_mid_hmm_fit_gives_the_same_fit(
     assert len(killed) == 2
     wait_for_fresh_workers(client, set(killed))
     assert_same_params(model, hmm_model)
+    assert len(direct_failures(caplog)) == 1
 
 
 # -- (b) a worker killed mid-transform ---------------------------------------------------
