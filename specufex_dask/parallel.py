@@ -14,6 +14,7 @@ to tasks when that fails.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -23,7 +24,6 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
@@ -307,8 +307,10 @@ def worker_threads(client, *, fresh: bool = False) -> dict[str, int]:
     counted = _thread_counts.get(client)
     if not fresh and counted is not None and now - counted[0] < THREAD_COUNT_MAX_AGE_S:
         return counted[1]
-    workers = client.scheduler_info().get("workers", {})
-    threads = {address: int(w.get("nthreads", 1)) for address, w in workers.items()}
+    # Client.nthreads answers from the scheduler; scheduler_info() returns a
+    # summary that the client's own periodic refresh may have just replaced
+    # by one without the workers
+    threads = {address: int(n) for address, n in client.nthreads().items()}
     _thread_counts[client] = (now, threads)
     return threads
 
@@ -404,7 +406,10 @@ class StepRunner:
     call to a worker that is already gone would wait out distributed's
     connect timeout (30 s by default), so while a direct stage runs the
     runner checks every :data:`DIRECT_CHECK_S` that its workers are still
-    in the cluster, and gives the stage to tasks as soon as one is not.
+    in the cluster, and as soon as one is not it cancels the call and gives
+    the stage to tasks. A stage started while the cluster has no workers
+    goes to tasks too (they wait for workers), without counting as a
+    failure. Workers log the first direct call they answer, not every one.
     Direct stages show in the dashboard's worker panels but not in its task
     stream. With ``how="tasks"`` every stage is Dask tasks, whose futures
     are held until the next stage is submitted (:class:`HeldFutures`).
@@ -429,9 +434,6 @@ class StepRunner:
         self.how = how
         self.n_direct_failures = 0
         self._hold = HeldFutures()
-        # the thread that waits on each direct call; one per failure more,
-        # since a call given up on may still wait for its connect timeout
-        self._callers: ThreadPoolExecutor | None = None
 
     @property
     def direct(self) -> bool:
@@ -449,13 +451,16 @@ class StepRunner:
         """``func(*shared, *args)`` for each ``args`` in ``arguments``, in
         order, as :func:`run_tasks` runs them."""
         shared = list(shared)
-        if self.direct and arguments:
+        # with no workers yet, tasks wait for them; that is no failure
+        if self.direct and arguments and worker_threads(self.client):
             # the last stage's futures, if it ran as tasks, are no longer needed
             self._hold.release()
             try:
                 with frozen_heap():
                     return self._run_direct(func, arguments, shared)
             except Exception as exc:
+                if self.client.status in ("closing", "closed"):
+                    raise
                 self.n_direct_failures += 1
                 # a worker may be gone: the next stage asks which are left
                 _thread_counts.pop(self.client, None)
@@ -480,8 +485,6 @@ class StepRunner:
         self, func: Callable[..., Any], arguments: Sequence[tuple], shared: list
     ) -> list[Any]:
         threads = worker_threads(self.client)
-        if not threads:
-            raise RuntimeError("the cluster has no workers")
         # one slot per worker thread, the workers taking turns, so that a
         # stage of fewer tasks than threads is spread over as many workers
         slots = [
@@ -493,24 +496,30 @@ class StepRunner:
         shares: dict[str, list[tuple[int, tuple]]] = {}
         for i, args in enumerate(arguments):
             shares.setdefault(slots[i % len(slots)], []).append((i, args))
-        if self._callers is None:
-            self._callers = ThreadPoolExecutor(
-                DIRECT_FAILURES_MAX + 1, thread_name_prefix="specufex-direct"
-            )
-        call = self._callers.submit(
-            self.client.run, _run_share, func, shared, shares, workers=list(shares)
+        # the call runs on the client's event loop; waiting for it here in
+        # slices lets the watchdog look in between, and a call given up on is
+        # cancelled there rather than left waiting for its connect timeout
+        call = asyncio.run_coroutine_threadsafe(
+            self.client.run(
+                _run_share,
+                func,
+                shared,
+                shares,
+                workers=list(shares),
+                asynchronous=True,
+            ),
+            self.client.loop.asyncio_loop,
         )
-        while True:
-            try:
-                answers = call.result(timeout=DIRECT_CHECK_S)
-                break
-            except TimeoutError:
+        try:
+            while not concurrent.futures.wait([call], timeout=DIRECT_CHECK_S)[0]:
                 gone = set(shares) - set(worker_threads(self.client, fresh=True))
                 if gone:
                     raise RuntimeError(
                         f"worker(s) {', '.join(sorted(gone))} left the cluster"
-                    ) from None
-        results = dict(pair for answer in answers.values() for pair in answer)
+                    )
+        finally:
+            call.cancel()  # nothing, once the call is done
+        results = dict(pair for answer in call.result().values() for pair in answer)
         return [results[i] for i in range(len(arguments))]
 
     def __enter__(self) -> StepRunner:
@@ -518,9 +527,6 @@ class StepRunner:
 
     def __exit__(self, *exc_info: object) -> None:
         self._hold.release()
-        if self._callers is not None:
-            self._callers.shutdown(wait=False)
-            self._callers = None
 
 
 async def _run_share(
@@ -530,6 +536,7 @@ async def _run_share(
     dask_worker=None,
 ) -> list[tuple[int, Any]]:
     """On a worker: its share of a direct stage, on the worker's threads."""
+    _quiet_worker_log()
     loop = asyncio.get_running_loop()
     share = shares[dask_worker.address]
     results = await asyncio.gather(
@@ -541,6 +548,28 @@ async def _run_share(
         )
     )
     return [(i, result) for (i, _), result in zip(share, results, strict=True)]
+
+
+class _NoShareLines(logging.Filter):
+    """Drops the line a worker logs (INFO) for each direct call of
+    :func:`_run_share`: one per SVI step, hundreds in a fit."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.args == (_run_share.__name__,)
+            and str(record.msg).startswith("Run out-of-band function")
+        )
+
+
+_share_filter = _NoShareLines()
+
+
+def _quiet_worker_log() -> None:
+    """Add :class:`_NoShareLines` to this worker's log, once; the first
+    call is logged, the calls after it are not."""
+    worker_log = logging.getLogger("distributed.worker")
+    if _share_filter not in worker_log.filters:
+        worker_log.addFilter(_share_filter)
 
 
 def run_tasks(

@@ -3,9 +3,12 @@ number of workers, and transforms write the store contract."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import threading
+import types
+from concurrent.futures import ThreadPoolExecutor
 
 import dask
 import numpy as np
@@ -314,17 +317,17 @@ def test_bad_values_in_a_store_name_the_window(X, tmp_path) -> None:
 
 
 class _CountingClient:
-    """Stands in for a Client: answers scheduler_info and counts the asks."""
+    """Stands in for a Client: answers nthreads and counts the asks."""
+
+    status = "running"
 
     def __init__(self, threads: list[int]) -> None:
         self.threads = threads
         self.asks = 0
 
-    def scheduler_info(self) -> dict:
+    def nthreads(self) -> dict:
         self.asks += 1
-        return {
-            "workers": {f"w{i}": {"nthreads": n} for i, n in enumerate(self.threads)}
-        }
+        return {f"w{i}": n for i, n in enumerate(self.threads)}
 
 
 def test_thread_count_is_asked_again_only_once_it_is_old(monkeypatch) -> None:
@@ -345,91 +348,173 @@ def test_thread_count_is_asked_again_only_once_it_is_old(monkeypatch) -> None:
 
 
 class _RunningClient(_CountingClient):
-    """A _CountingClient whose ``run`` runs a coroutine function here, once
-    per worker asked, each worker with threads of its own, and records the
-    arguments it was given."""
+    """A _CountingClient with an event loop in a thread of its own, as a
+    Client has, whose ``run(..., asynchronous=True)`` gives a coroutine that
+    runs the function once per worker asked, each worker with threads of its
+    own. It records the arguments of each call."""
 
     def __init__(self, threads: list[int]) -> None:
         super().__init__(threads)
         self.calls: list[tuple] = []
+        self.cancelled = threading.Event()
+        asyncio_loop = asyncio.new_event_loop()
+        self.loop = types.SimpleNamespace(asyncio_loop=asyncio_loop)
+        self._thread = threading.Thread(target=asyncio_loop.run_forever, daemon=True)
+        self._thread.start()
 
-    def run(self, function, *args, workers):
-        import asyncio
-        import types
-        from concurrent.futures import ThreadPoolExecutor
+    def close(self) -> None:
+        self.loop.asyncio_loop.call_soon_threadsafe(self.loop.asyncio_loop.stop)
+        self._thread.join(10)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def run(self, function, *args, workers, asynchronous):
+        assert asynchronous
         self.calls.append((args, workers))
+        return self._answer(function, args, workers)
+
+    async def _answer(self, function, args, workers) -> dict:
         answers = {}
         for address in workers:
             with ThreadPoolExecutor(2, thread_name_prefix=address) as pool:
                 worker = types.SimpleNamespace(address=address, executor=pool)
-                answers[address] = asyncio.run(function(*args, dask_worker=worker))
+                answers[address] = await function(*args, dask_worker=worker)
         return answers
 
 
 def _offset_and_thread(offset: int, x: int) -> tuple[int, str]:
-    import threading
-
     return offset + x, threading.current_thread().name.split("_")[0]
 
 
 def test_direct_stage_shares_tasks_by_thread_and_keeps_their_order() -> None:
     from specufex_dask.parallel import StepRunner
 
-    client = _RunningClient([2, 1])  # w0 has two threads, w1 one
-    runner = StepRunner(client, "direct")
-    results = runner.run(_offset_and_thread, [(x,) for x in range(5)], shared=[100])
-    # the workers take turns, one slot per thread (w0, w1, w0), the tasks in
-    # order; each worker runs its share on its own threads
-    assert results == [(100, "w0"), (101, "w1"), (102, "w0"), (103, "w0"), (104, "w1")]
-    ((args, workers),) = client.calls
-    assert sorted(workers) == ["w0", "w1"] and args[1] == [100]
-    assert {w: [i for i, _ in share] for w, share in args[2].items()} == {
-        "w0": [0, 2, 3],
-        "w1": [1, 4],
-    }
-    # fewer tasks than threads: one task per worker before any worker gets two
-    runner.run(_offset_and_thread, [(0,), (1,)], shared=[0])
-    assert {w: [i for i, _ in s] for w, s in client.calls[-1][0][2].items()} == {
-        "w0": [0],
-        "w1": [1],
-    }
-    assert runner.n_direct_failures == 0
+    with _RunningClient([2, 1]) as client:  # w0 has two threads, w1 one
+        runner = StepRunner(client, "direct")
+        results = runner.run(_offset_and_thread, [(x,) for x in range(5)], shared=[100])
+        # the workers take turns, one slot per thread (w0, w1, w0), the tasks
+        # in order; each worker runs its share on its own threads
+        assert results == [
+            (100, "w0"),
+            (101, "w1"),
+            (102, "w0"),
+            (103, "w0"),
+            (104, "w1"),
+        ]
+        ((args, workers),) = client.calls
+        assert sorted(workers) == ["w0", "w1"] and args[1] == [100]
+        assert {w: [i for i, _ in share] for w, share in args[2].items()} == {
+            "w0": [0, 2, 3],
+            "w1": [1, 4],
+        }
+        # fewer tasks than threads: one task per worker before any gets two
+        runner.run(_offset_and_thread, [(0,), (1,)], shared=[0])
+        assert {w: [i for i, _ in s] for w, s in client.calls[-1][0][2].items()} == {
+            "w0": [0],
+            "w1": [1],
+        }
+        assert runner.n_direct_failures == 0
 
 
 class _StuckClient(_RunningClient):
-    """A _RunningClient whose ``run`` never answers (a call to a worker that
-    is gone waits out a connect timeout) and whose second scheduler_info
-    no longer lists worker w1."""
+    """A _RunningClient whose calls never answer (a call to a worker that is
+    gone waits out a connect timeout) and whose second count of threads no
+    longer lists worker w1."""
 
-    def __init__(self, threads: list[int]) -> None:
-        super().__init__(threads)
-        self.release = threading.Event()
-
-    def scheduler_info(self) -> dict:
-        info = super().scheduler_info()
+    def nthreads(self) -> dict:
+        threads = super().nthreads()
         if self.asks > 1:
-            info["workers"].pop("w1")
-        return info
+            threads.pop("w1")
+        return threads
 
-    def run(self, function, *args, workers):
-        self.release.wait(60)
-        raise AssertionError("released")
+    async def _answer(self, function, args, workers) -> dict:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        raise AssertionError("never cancelled")
 
 
 def test_direct_stage_gives_up_once_one_of_its_workers_is_gone(monkeypatch) -> None:
     from specufex_dask import parallel
 
     monkeypatch.setattr(parallel, "DIRECT_CHECK_S", 0.01)
-    client = _StuckClient([1, 1])
-    with parallel.StepRunner(client, "direct") as runner:
-        try:
-            with pytest.raises(RuntimeError, match=r"worker\(s\) w1 left the cluster"):
-                runner._run_direct(_square, [(1,), (2,)], [])
-        finally:
-            client.release.set()
-    # it asked once for the workers to share the stage out, then checked
-    assert client.asks >= 2
+    with _StuckClient([1, 1]) as client:
+        runner = parallel.StepRunner(client, "direct")
+        with pytest.raises(RuntimeError, match=r"worker\(s\) w1 left the cluster"):
+            runner._run_direct(_square, [(1,), (2,)], [])
+        # it asked once for the workers to share the stage out, then checked;
+        # the call given up on was cancelled, not left waiting
+        assert client.asks >= 2
+        assert client.cancelled.wait(10)
+
+
+class _TimedOutClient(_RunningClient):
+    """A _RunningClient whose calls fail at once with a TimeoutError, as a
+    read from a store that timed out would. After three counts of threads it
+    has no workers left, so that a runner that took the failure for a call
+    still running ends with another error instead of waiting forever."""
+
+    def nthreads(self) -> dict:
+        threads = super().nthreads()
+        return threads if self.asks <= 3 else {}
+
+    async def _answer(self, function, args, workers) -> dict:
+        raise TimeoutError("read timed out")
+
+
+def test_a_timeout_inside_a_direct_stage_is_its_failure_not_a_wait(
+    monkeypatch,
+) -> None:
+    from specufex_dask import parallel
+
+    monkeypatch.setattr(parallel, "DIRECT_CHECK_S", 0.2)
+    with _TimedOutClient([1, 1]) as client:
+        runner = parallel.StepRunner(client, "direct")
+        with pytest.raises(TimeoutError, match="read timed out"):
+            runner._run_direct(_square, [(1,), (2,)], [])
+        # the failed call is not mistaken for one still running: no check
+        assert client.asks == 1
+
+
+def test_direct_stage_without_workers_goes_to_tasks_without_failing(
+    monkeypatch,
+) -> None:
+    from specufex_dask import parallel
+
+    ran = []
+    monkeypatch.setattr(
+        parallel, "run_tasks", lambda func, arguments, **kw: ran.append(kw) or [7]
+    )
+    with _RunningClient([]) as client:
+        runner = parallel.StepRunner(client, "direct")
+        assert runner.run(_square, [(1,)], stage="early") == [7]
+    # tasks wait for workers to come; no direct call was tried or failed
+    assert client.calls == [] and runner.n_direct_failures == 0
+    assert ran[0]["stage"] == "early"
+
+
+def test_direct_calls_log_one_line_per_worker_not_one_per_step(caplog) -> None:
+    import logging
+
+    from specufex_dask import parallel
+
+    worker_log = logging.getLogger("distributed.worker")
+    try:
+        parallel._quiet_worker_log()
+        parallel._quiet_worker_log()
+        assert worker_log.filters.count(parallel._share_filter) == 1
+        with caplog.at_level(logging.INFO, logger="distributed.worker"):
+            for name in ("_run_share", "other"):
+                worker_log.info("Run out-of-band function %r", name)
+    finally:
+        worker_log.removeFilter(parallel._share_filter)
+    assert caplog.messages == ["Run out-of-band function 'other'"]
 
 
 def test_step_runner_refuses_an_unknown_way() -> None:
