@@ -18,6 +18,7 @@ A window's statistics never depend on which other windows share its task
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -122,16 +123,8 @@ def gather_statistics(
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         part = indices[lo:hi]
         arguments.append((source.spec, source.plan(part), source.window[part], what))
-    if steps is not None:
-        results = steps.run(
-            _statistics_task, arguments, shared=(kernel, shared), stage=stage
-        )
-    else:
-        results = run_tasks(
-            _statistics_task,
-            arguments,
-            client=client,
-            stage=stage,
-            shared=(kernel, shared),
-        )
+    run = (
+        steps.run if steps is not None else functools.partial(run_tasks, client=client)
+    )
+    results = run(_statistics_task, arguments, shared=(kernel, shared), stage=stage)
     return tuple(np.concatenate(parts, axis=0) for parts in zip(*results, strict=True))

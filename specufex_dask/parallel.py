@@ -451,13 +451,14 @@ class StepRunner:
         """``func(*shared, *args)`` for each ``args`` in ``arguments``, in
         order, as :func:`run_tasks` runs them."""
         shared = list(shared)
+        threads = worker_threads(self.client) if self.direct and arguments else {}
         # with no workers yet, tasks wait for them; that is no failure
-        if self.direct and arguments and worker_threads(self.client):
+        if threads:
             # the last stage's futures, if it ran as tasks, are no longer needed
             self._hold.release()
             try:
                 with frozen_heap():
-                    return self._run_direct(func, arguments, shared)
+                    return self._run_direct(func, arguments, shared, threads)
             except Exception as exc:
                 if self.client.status in ("closing", "closed"):
                     raise
@@ -482,9 +483,14 @@ class StepRunner:
         )
 
     def _run_direct(
-        self, func: Callable[..., Any], arguments: Sequence[tuple], shared: list
+        self,
+        func: Callable[..., Any],
+        arguments: Sequence[tuple],
+        shared: list,
+        threads: dict[str, int],
     ) -> list[Any]:
-        threads = worker_threads(self.client)
+        """The stage as one call to the workers in ``threads``
+        (``{address: threads}``)."""
         # one slot per worker thread, the workers taking turns, so that a
         # stage of fewer tasks than threads is spread over as many workers
         slots = [

@@ -447,7 +447,7 @@ def test_direct_stage_gives_up_once_one_of_its_workers_is_gone(monkeypatch) -> N
     with _StuckClient([1, 1]) as client:
         runner = parallel.StepRunner(client, "direct")
         with pytest.raises(RuntimeError, match=r"worker\(s\) w1 left the cluster"):
-            runner._run_direct(_square, [(1,), (2,)], [])
+            runner._run_direct(_square, [(1,), (2,)], [], client.nthreads())
         # it asked once for the workers to share the stage out, then checked;
         # the call given up on was cancelled, not left waiting
         assert client.asks >= 2
@@ -477,7 +477,7 @@ def test_a_timeout_inside_a_direct_stage_is_its_failure_not_a_wait(
     with _TimedOutClient([1, 1]) as client:
         runner = parallel.StepRunner(client, "direct")
         with pytest.raises(TimeoutError, match="read timed out"):
-            runner._run_direct(_square, [(1,), (2,)], [])
+            runner._run_direct(_square, [(1,), (2,)], [], client.nthreads())
         # the failed call is not mistaken for one still running: no check
         assert client.asks == 1
 
